@@ -1,0 +1,51 @@
+# The README's two commands:  `make run`  (set up + main job)  and  `make test`  (set up + all tests).
+# Both create .venv at the repo root if missing, install the pinned dependencies, build the
+# extension fastcl._C, and are idempotent.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+CSRC   := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
+JOBS   ?= 2
+
+.PHONY: run test setup build pytest ctest bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.deps: $(PY) requirements.txt requirements-test.txt
+	$(PIP) install -q -r requirements.txt -r requirements-test.txt
+	@touch $@
+
+setup: $(VENV)/.deps
+
+# The extension is rebuilt when a C++/CUDA source or setup.py changes.
+$(VENV)/.ext: $(VENV)/.deps setup.py pyproject.toml $(CSRC)
+	MAX_JOBS=$(JOBS) $(PIP) install -q -e . --no-build-isolation --no-deps
+	@touch $@
+
+build: $(VENV)/.ext
+
+run: build
+	$(VENV)/bin/fastcl info
+	$(VENV)/bin/fastcl bench ops --quick
+
+pytest: build
+	$(PY) -m pytest -q tests
+
+# C++ tests of csrc/kernels under CTest, and nvcc compile checks of csrc/cuda (when nvcc exists).
+ctest: build
+	cmake -S . -B build-cmake -DCMAKE_BUILD_TYPE=Release \
+	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
+	  -DPython3_EXECUTABLE="$(abspath $(PY))" > build-cmake.log 2>&1 || (cat build-cmake.log; exit 1)
+	cmake --build build-cmake -j $(JOBS)
+	ctest --test-dir build-cmake --output-on-failure
+
+test: pytest ctest
+
+bench: build
+	$(PY) -m pytest -q bench --benchmark-only
+
+clean:
+	rm -rf build build-cmake build-cmake.log fastcl/_C*.so *.egg-info $(VENV)/.ext

@@ -1,0 +1,67 @@
+// The schema of every fastcl operator, in one place.
+//
+// Kernels are registered per dispatch key elsewhere: csrc/cpu/*.cpp (CPU) and
+// csrc/cuda/glue.cpp (CUDA, only built against a CUDA build of torch). Fake (meta)
+// kernels, vmap rules and autograd formulas are registered from Python, beside the
+// public wrappers in fastcl/ops/.
+#include <Python.h>
+#include <torch/library.h>
+
+#include "cpu/isa.h"
+
+extern "C" {
+// `import fastcl._C` runs the static initialisers below, which register the ops.
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+namespace fastcl {
+
+static std::string cpu_isa() { return cpu::isa_name(); }
+static bool cuda_built() {
+#ifdef FASTCL_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+TORCH_LIBRARY(fastcl, m) {
+  // ---- parameter updates (lists: one call for every tensor of a model) ----
+  // theta <- (theta - lr*g + prox*h*theta0) / (prox*h + 1)   EMCL Eq. 16, 17, 21.
+  // anchors / importance may be None only when prox == 0 (plain SGD).
+  m.def("prox_sgd_(Tensor(a!)[] params, Tensor[] grads, Tensor[]? anchors, Tensor[]? importance, "
+        "float lr, float prox) -> ()");
+  // Out-of-place, differentiable form (autograd registered in fastcl/ops/_prox.py).
+  m.def("prox_sgd(Tensor[] params, Tensor[] grads, Tensor[]? anchors, Tensor[]? importance, "
+        "float lr, float prox) -> Tensor[]");
+  // h <- decay*h + (1-decay)*|g*theta|   EMCL Eq. 7, 13.
+  m.def("taylor_importance_(Tensor(a!)[] importance, Tensor[] grads, Tensor[] params, "
+        "float decay) -> ()");
+  // EMCL meta update (Eq. 10) with importance-modulated meta learning rates (Eq. 8),
+  // importance refresh (Eq. 7, 13) in the same pass. lr_mode: 0 = paper, 1 = stabilised.
+  m.def("emcl_meta_step_(Tensor(a!)[] params, Tensor[] fast_params, Tensor(b!)[] importance, "
+        "Tensor(c!)[] meta_lrs, Tensor[] grads, float lam, float decay, float r, int lr_mode, "
+        "float alpha0, float eps) -> ()");
+  // delta = meta_lr*(mean_T thetas - phi); phi += delta; thetas[t] += delta if shift.
+  // CTS Algorithm 2 lines 11-13; shift=False is Reptile Algorithm 1 line 12.
+  m.def("trajectory_shift_(Tensor(a!)[] phi, Tensor(b!)[] thetas, float meta_lr, bool shift) -> ()");
+
+  // ---- episodic memory ----
+  // Insert a batch into per-(task, class) FIFO rings; equal to inserting one by one.
+  // data: [num_tasks*num_classes*m, *feat]; counts: [num_tasks, num_classes] int64 (ever inserted).
+  m.def("ring_insert_(Tensor(a!) data, Tensor(b!) counts, Tensor x, Tensor y, int task) -> ()");
+  // n slot indices drawn uniformly (with replacement) from the filled slots of `tasks`.
+  m.def("ring_sample(Tensor counts, int m, int[] tasks, int n, Generator? generator=None) -> Tensor");
+  // Algorithm R for a batch; returns the slot each example went to (-1: not kept).
+  m.def("reservoir_insert_(Tensor(a!) data, Tensor(b!) labels, Tensor(c!) tasks, Tensor x, "
+        "Tensor y, int task, int n_seen, Generator? generator=None) -> Tensor");
+
+  // ---- build facts ----
+  m.def("cpu_isa() -> str", &cpu_isa);
+  m.def("cuda_built() -> bool", &cuda_built);
+}
+
+}  // namespace fastcl

@@ -1,0 +1,1 @@
+"""Episodic memories: ring buffer (last m per class per task) and reservoir."""

@@ -1,0 +1,118 @@
+"""fastcl's fused operators: one call updates every tensor of a model.
+
+Each op is a PyTorch custom operator (``torch.ops.fastcl.<name>``) with a C++ CPU kernel and
+a CUDA kernel, and a pure-PyTorch reference of the same signature in
+:mod:`fastcl.ops.reference` (the specification). The functions here call the fused op when
+the extension is loaded and the reference otherwise (see :func:`backend`).
+
+In-place ops check every argument before writing any element: a rejected call changes
+nothing. Errors are ``ValueError`` / ``TypeError`` naming the argument.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from . import reference
+from ._load import HAVE_EXT, backend, cpu_isa, cuda_built, load_error
+from .reference import LR_MODES
+
+__all__ = [
+    "backend",
+    "cpu_isa",
+    "cuda_built",
+    "load_error",
+    "prox_sgd_",
+    "prox_sgd",
+    "taylor_importance_",
+    "emcl_meta_step_",
+    "trajectory_shift_",
+    "ring_insert_",
+    "ring_sample",
+    "reservoir_insert_",
+    "reference",
+    "LR_MODES",
+]
+
+if HAVE_EXT:
+    from . import _registrations  # noqa: F401  fake kernels, autograd, vmap
+
+    _ops = torch.ops.fastcl
+
+
+def _lr_mode(lr_mode) -> int:
+    if isinstance(lr_mode, str):
+        if lr_mode not in LR_MODES:
+            raise ValueError(f"lr_mode must be one of {sorted(LR_MODES)}, got {lr_mode!r}")
+        return LR_MODES[lr_mode]
+    return lr_mode
+
+
+def prox_sgd_(params: Sequence[Tensor], grads: Sequence[Tensor], anchors: Optional[Sequence[Tensor]],
+              importance: Optional[Sequence[Tensor]], lr: float, prox: float = 0.0) -> None:
+    """Fused proximal SGD step in place (EMCL Eq. 16, 17, 21); see :func:`reference.prox_sgd_`."""
+    if not HAVE_EXT:
+        return reference.prox_sgd_(params, grads, anchors, importance, lr, prox)
+    _ops.prox_sgd_(params, grads, anchors, importance, lr, prox)
+
+
+def prox_sgd(params: Sequence[Tensor], grads: Sequence[Tensor], anchors: Optional[Sequence[Tensor]],
+             importance: Optional[Sequence[Tensor]], lr: float, prox: float = 0.0) -> list[Tensor]:
+    """Fused out-of-place, differentiable proximal SGD step; see :func:`reference.prox_sgd`."""
+    if not HAVE_EXT:
+        return reference.prox_sgd(params, grads, anchors, importance, lr, prox)
+    return _ops.prox_sgd(params, grads, anchors, importance, lr, prox)
+
+
+def taylor_importance_(importance: Sequence[Tensor], grads: Sequence[Tensor], params: Sequence[Tensor],
+                       decay: float) -> None:
+    """Fused Taylor importance moving average (EMCL Eq. 7, 13); see :func:`reference.taylor_importance_`."""
+    if not HAVE_EXT:
+        return reference.taylor_importance_(importance, grads, params, decay)
+    _ops.taylor_importance_(importance, grads, params, decay)
+
+
+def emcl_meta_step_(params, fast_params, importance, meta_lrs, grads, lam: float, decay: float, r: float,
+                    lr_mode: int | str = 0, alpha0: float = 0.0, eps: float = 0.0) -> None:
+    """Fused EMCL meta step (Eq. 10, 8, 7, 13); ``lr_mode`` 0/"paper" or 1/"stabilised".
+
+    See :func:`reference.emcl_meta_step_` for the exact per-element order and the two modes.
+    """
+    lr_mode = _lr_mode(lr_mode)
+    if not HAVE_EXT:
+        return reference.emcl_meta_step_(params, fast_params, importance, meta_lrs, grads, lam, decay, r,
+                                         lr_mode, alpha0, eps)
+    _ops.emcl_meta_step_(params, fast_params, importance, meta_lrs, grads, lam, decay, r, lr_mode, alpha0, eps)
+
+
+def trajectory_shift_(phi: Sequence[Tensor], thetas: Sequence[Tensor], meta_lr: float, shift: bool = True) -> None:
+    """Fused Reptile meta step + trajectory shift (CTS Alg. 2, l. 11-13); see :func:`reference.trajectory_shift_`."""
+    if not HAVE_EXT:
+        return reference.trajectory_shift_(phi, thetas, meta_lr, shift)
+    _ops.trajectory_shift_(phi, thetas, meta_lr, shift)
+
+
+def ring_insert_(data: Tensor, counts: Tensor, x: Tensor, y: Tensor, task: int) -> None:
+    """Batched insert into per-(task, class) FIFO rings; see :func:`reference.ring_insert_`."""
+    if not HAVE_EXT:
+        return reference.ring_insert_(data, counts, x, y, task)
+    _ops.ring_insert_(data, counts, x, y, task)
+
+
+def ring_sample(counts: Tensor, m: int, tasks: Sequence[int], n: int,
+                generator: Optional[torch.Generator] = None) -> Tensor:
+    """Uniform draw of filled ring slots of ``tasks``; see :func:`reference.ring_sample`."""
+    if not HAVE_EXT:
+        return reference.ring_sample(counts, m, tasks, n, generator)
+    return _ops.ring_sample(counts, m, list(tasks), n, generator)
+
+
+def reservoir_insert_(data: Tensor, labels: Tensor, tasks: Tensor, x: Tensor, y: Tensor, task: int,
+                      n_seen: int, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Batched reservoir insert (algorithm R); see :func:`reference.reservoir_insert_`."""
+    if not HAVE_EXT:
+        return reference.reservoir_insert_(data, labels, tasks, x, y, task, n_seen, generator)
+    return _ops.reservoir_insert_(data, labels, tasks, x, y, task, n_seen, generator)

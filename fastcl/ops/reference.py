@@ -1,0 +1,413 @@
+"""Pure-PyTorch references of every fused fastcl operator: the specification.
+
+Each function here has the same signature and the same semantics as the fused op of the
+same name in :mod:`fastcl.ops`, including argument checking: a call that is rejected raises
+before any tensor is written. They are written to be read, not to be fast; the property
+tests in ``tests/`` prove the fused kernels equal to them.
+
+Conventions shared by every list op:
+
+* every list has the same length; tensor ``i`` of every list has the shape of ``params[i]``
+  (``thetas[i]`` of ``trajectory_shift_`` has one more leading dimension, ``T``);
+* every tensor of one call has the same floating dtype and device;
+* in-place ops return ``None``; they may be given the same tensor twice (for instance a grad
+  list that *is* the param list), with the result of the out-of-place expression below.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "prox_sgd_",
+    "prox_sgd",
+    "taylor_importance_",
+    "emcl_meta_step_",
+    "trajectory_shift_",
+    "ring_insert_",
+    "ring_sample",
+    "reservoir_insert_",
+    "LR_MODES",
+]
+
+#: ``emcl_meta_step_`` learning-rate modes (the op takes the integer).
+LR_MODES = {"paper": 0, "stabilised": 1}
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+# --------------------------------------------------------------------------- checking
+def _check_list(name: str, tensors, *, allow_none: bool = False):
+    if tensors is None:
+        if allow_none:
+            return None
+        raise TypeError(f"{name} must be a list of tensors, got None")
+    if isinstance(tensors, Tensor) or not isinstance(tensors, (list, tuple)):
+        raise TypeError(f"{name} must be a list of tensors, got {type(tensors).__name__}")
+    for i, t in enumerate(tensors):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name}[{i}] must be a Tensor, got {type(t).__name__}")
+    return list(tensors)
+
+
+def _check_group(names: Sequence[str], lists: Sequence[list], *, lead: Optional[int] = None):
+    """Same lengths; same dtype/device everywhere; matching shapes (``lead``: the list at
+    that position carries one extra leading dimension)."""
+    ref_name, ref = names[0], lists[0]
+    for name, lst in zip(names[1:], lists[1:]):
+        if len(lst) != len(ref):
+            raise ValueError(
+                f"{name} has {len(lst)} tensors but {ref_name} has {len(ref)}: lists must have equal length"
+            )
+    if not ref:
+        return
+    dtype, device = ref[0].dtype, ref[0].device
+    for name, lst in zip(names, lists):
+        for i, t in enumerate(lst):
+            if t.dtype not in _FLOATS:
+                raise TypeError(f"{name}[{i}] has dtype {t.dtype}; expected a floating dtype")
+            if t.dtype != dtype:
+                raise TypeError(f"{name}[{i}] has dtype {t.dtype} but {ref_name}[0] has {dtype}")
+            if t.device != device:
+                raise ValueError(f"{name}[{i}] is on {t.device} but {ref_name}[0] is on {device}")
+    for j, (name, lst) in enumerate(zip(names, lists)):
+        for i, t in enumerate(lst):
+            want = ref[i].shape
+            got = t.shape[1:] if (lead is not None and j == lead) else t.shape
+            if lead is not None and j == lead and t.dim() < 1:
+                raise ValueError(f"{name}[{i}] must have a leading T dimension, got a scalar")
+            if got != want:
+                raise ValueError(f"{name}[{i}] has shape {tuple(t.shape)}; expected {tuple(want)}"
+                                 + (" with a leading T dimension" if (lead is not None and j == lead) else ""))
+
+
+def _check_real(name: str, value, *, low=None, high=None):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if math.isnan(value):
+        raise ValueError(f"{name} must not be nan")
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be <= {high}, got {value}")
+    return value
+
+
+def _check_prox(params, grads, anchors, importance, lr, prox):
+    params = _check_list("params", params)
+    grads = _check_list("grads", grads)
+    anchors = _check_list("anchors", anchors, allow_none=True)
+    importance = _check_list("importance", importance, allow_none=True)
+    lr = _check_real("lr", lr, low=0.0)
+    prox = _check_real("prox", prox, low=0.0)
+    if (anchors is None) != (importance is None):
+        raise ValueError("anchors and importance must both be given or both be None")
+    if anchors is None and prox != 0.0:
+        raise ValueError(f"prox={prox} needs anchors and importance (None is allowed only with prox=0)")
+    names, lists = ["params", "grads"], [params, grads]
+    if anchors is not None:
+        names += ["anchors", "importance"]
+        lists += [anchors, importance]
+    _check_group(names, lists)
+    return params, grads, anchors, importance, lr, prox
+
+
+def _prox_expr(p, g, a, h, lr, prox):
+    if a is None:
+        return p - lr * g
+    c = prox * h
+    return (p - lr * g + c * a) / (c + 1)
+
+
+# --------------------------------------------------------------------------- updates
+def prox_sgd_(params, grads, anchors, importance, lr: float, prox: float) -> None:
+    """Proximal SGD step, in place: the EMCL inner step (Eq. 16, 17, closed form Eq. 21).
+
+    For every element ``theta <- (theta - lr*g + prox*h*theta0) / (prox*h + 1)`` with
+    ``theta0`` the anchor and ``h`` the importance; ``prox = gamma * lambda`` in the paper's
+    symbols. ``prox = 0`` is plain SGD, and then ``anchors`` / ``importance`` may be None.
+
+    Args:
+        params: tensors updated in place, any shapes.
+        grads: gradients, shapes of ``params``.
+        anchors: theta_0 of the inner loop, shapes of ``params`` (or None when prox == 0).
+        importance: h >= 0, shapes of ``params`` (or None when prox == 0).
+        lr: step size (gamma in Eq. 16), >= 0.
+        prox: gamma*lambda, >= 0.
+    """
+    params, grads, anchors, importance, lr, prox = _check_prox(params, grads, anchors, importance, lr, prox)
+    new = [
+        _prox_expr(p, g, None if anchors is None else anchors[i], None if importance is None else importance[i], lr, prox)
+        for i, (p, g) in enumerate(zip(params, grads))
+    ]
+    with torch.no_grad():
+        for p, n in zip(params, new):
+            p.copy_(n)
+
+
+def prox_sgd(params, grads, anchors, importance, lr: float, prox: float) -> list[Tensor]:
+    """Out-of-place, differentiable :func:`prox_sgd_`: returns the new parameters.
+
+    Gradients flow to ``params``, ``grads``, ``anchors`` and ``importance`` (second-order
+    MAML back-propagates through the inner step, including through ``grads``).
+    """
+    params, grads, anchors, importance, lr, prox = _check_prox(params, grads, anchors, importance, lr, prox)
+    return [
+        _prox_expr(p, g, None if anchors is None else anchors[i], None if importance is None else importance[i], lr, prox)
+        for i, (p, g) in enumerate(zip(params, grads))
+    ]
+
+
+def taylor_importance_(importance, grads, params, decay: float) -> None:
+    """Moving-average Taylor importance, in place (EMCL Eq. 7 with Omega of Eq. 13).
+
+    ``h <- decay*h + (1-decay)*|g*theta|`` for every element.
+
+    Args:
+        importance: h, updated in place.
+        grads: dL/dtheta, shapes of ``importance``.
+        params: theta, shapes of ``importance``.
+        decay: eta in Eq. 7, in [0, 1].
+    """
+    importance = _check_list("importance", importance)
+    grads = _check_list("grads", grads)
+    params = _check_list("params", params)
+    decay = _check_real("decay", decay, low=0.0, high=1.0)
+    _check_group(["importance", "grads", "params"], [importance, grads, params])
+    new = [decay * h + (1 - decay) * (g * p).abs() for h, g, p in zip(importance, grads, params)]
+    with torch.no_grad():
+        for h, n in zip(importance, new):
+            h.copy_(n)
+
+
+def emcl_meta_step_(params, fast_params, importance, meta_lrs, grads, lam: float, decay: float,
+                    r: float, lr_mode: int = 0, alpha0: float = 0.0, eps: float = 0.0) -> None:
+    """EMCL meta update in one pass: Eq. 10 with the rates of Eq. 8, importance of Eq. 7/13.
+
+    For every element, with ``h`` and ``alpha`` the values before the call:
+
+    1. meta-gradient ``G = lam * h * (theta0 - theta_k)``  (Eq. 10, H^2 = diag(h): the importance
+       the inner loop that produced ``theta_k`` was regularised with);
+    2. ``theta0 <- theta0 - alpha * G``  (Algorithm 1, line 9: the meta step uses alpha^j);
+    3. ``h <- decay*h + (1-decay)*|g * theta0_old|``  (Eq. 7 with Omega of Eq. 13);
+    4. the rate for the next step (Algorithm 1, line 8, Eq. 8):
+
+       * ``lr_mode=0`` ("paper", as printed): ``alpha <- alpha * r / (h_new + eps)``. This
+         compounds: after n steps alpha carries a factor prod(r/h), so it decays to 0 or grows
+         without bound unless h stays exactly at r. It is the paper's rule, kept for fidelity.
+       * ``lr_mode=1`` ("stabilised"): ``alpha <- alpha0 * min(1, r / (h_new + eps))``. The rate
+         is still inversely proportional to the importance (the intent of Eq. 8: important
+         parameters move less) but does not compound, so it is bounded by ``alpha0`` and by
+         ``alpha0 * r / h``; unimportant parameters (h <= r) keep the initial rate alpha0.
+
+    Args:
+        params: theta_0 (meta parameters), updated in place.
+        fast_params: theta_k, the inner-loop result, read only.
+        importance: h, updated in place.
+        meta_lrs: per-element meta learning rates alpha, updated in place.
+        grads: dL_t/dtheta_0 used for the importance, read only.
+        lam: lambda (inner regularisation), >= 0.
+        decay: eta, in [0, 1].
+        r: learning-rate scale factor, >= 0.
+        lr_mode: 0 (paper) or 1 (stabilised); see :data:`LR_MODES`.
+        alpha0: initial meta learning rate (only used by the stabilised mode), >= 0.
+        eps: added to h in the denominator of Eq. 8, >= 0.
+    """
+    params = _check_list("params", params)
+    fast_params = _check_list("fast_params", fast_params)
+    importance = _check_list("importance", importance)
+    meta_lrs = _check_list("meta_lrs", meta_lrs)
+    grads = _check_list("grads", grads)
+    lam = _check_real("lam", lam, low=0.0)
+    decay = _check_real("decay", decay, low=0.0, high=1.0)
+    r = _check_real("r", r, low=0.0)
+    alpha0 = _check_real("alpha0", alpha0, low=0.0)
+    eps = _check_real("eps", eps, low=0.0)
+    if lr_mode not in (0, 1) or isinstance(lr_mode, bool):
+        raise ValueError(f"lr_mode must be 0 (paper) or 1 (stabilised), got {lr_mode!r}")
+    _check_group(["params", "fast_params", "importance", "meta_lrs", "grads"],
+                 [params, fast_params, importance, meta_lrs, grads])
+    new_p, new_h, new_a = [], [], []
+    for p, pk, h, a, g in zip(params, fast_params, importance, meta_lrs, grads):
+        meta_grad = lam * h * (p - pk)
+        new_p.append(p - a * meta_grad)
+        h_new = decay * h + (1 - decay) * (g * p).abs()
+        new_h.append(h_new)
+        if lr_mode == 0:
+            new_a.append(a * r / (h_new + eps))
+        else:
+            new_a.append(alpha0 * torch.clamp(r / (h_new + eps), max=1.0))
+    with torch.no_grad():
+        for dst, src in zip(params + importance + meta_lrs, new_p + new_h + new_a):
+            dst.copy_(src)
+
+
+def trajectory_shift_(phi, thetas, meta_lr: float, shift: bool = True) -> None:
+    """Reptile meta step on ``phi`` and the shift of every task trajectory (CTS Alg. 2, l. 11-13).
+
+    ``delta = meta_lr * (mean over T of thetas[i] - phi[i])``; ``phi[i] += delta``; and, when
+    ``shift``, every ``thetas[i][t] += delta``. ``shift=False`` is Reptile (Algorithm 1, line 12).
+
+    Args:
+        phi: meta parameters (shapes S_i), updated in place.
+        thetas: task learners' parameters, ``thetas[i]`` of shape ``[T, *S_i]`` with T >= 1,
+            updated in place when ``shift``.
+        meta_lr: beta, >= 0.
+        shift: apply the shift to the trajectories (CTS) or not (Reptile).
+    """
+    phi = _check_list("phi", phi)
+    thetas = _check_list("thetas", thetas)
+    meta_lr = _check_real("meta_lr", meta_lr, low=0.0)
+    if not isinstance(shift, bool):
+        raise TypeError(f"shift must be a bool, got {type(shift).__name__}")
+    _check_group(["phi", "thetas"], [phi, thetas], lead=1)
+    for i, th in enumerate(thetas):
+        if th.shape[0] < 1:
+            raise ValueError(f"thetas[{i}] has T = 0 task learners; expected T >= 1")
+    deltas = [meta_lr * (th.mean(0) - p) for p, th in zip(phi, thetas)]
+    with torch.no_grad():
+        for p, th, d in zip(phi, thetas, deltas):
+            p.add_(d)
+            if shift:
+                th.add_(d.unsqueeze(0))
+
+
+# --------------------------------------------------------------------------- memory
+def _check_ring(data, counts, x, y, task):
+    if not isinstance(data, Tensor) or not isinstance(counts, Tensor):
+        raise TypeError("data and counts must be tensors")
+    if counts.dtype != torch.int64 or counts.dim() != 2:
+        raise TypeError(f"counts must be a 2-d int64 tensor [num_tasks, num_classes], got {counts.dtype} {tuple(counts.shape)}")
+    num_tasks, num_classes = counts.shape
+    rings = num_tasks * num_classes
+    if rings == 0 or data.dim() < 1 or data.shape[0] % rings != 0 or data.shape[0] == 0:
+        raise ValueError(f"data must have num_tasks*num_classes*m rows with m >= 1; got {data.shape[0] if data.dim() else 0} rows for {rings} rings")
+    m = data.shape[0] // rings
+    if x.dim() < 1 or x.shape[1:] != data.shape[1:]:
+        raise ValueError(f"x has shape {tuple(x.shape)}; expected [B, {', '.join(map(str, data.shape[1:]))}]")
+    if y.dtype != torch.int64 or y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"y must be an int64 vector of length {x.shape[0]}, got {y.dtype} {tuple(y.shape)}")
+    if x.dtype != data.dtype:
+        raise TypeError(f"x has dtype {x.dtype} but data has {data.dtype}")
+    if not (x.device == y.device == data.device == counts.device):
+        raise ValueError("data, counts, x and y must be on one device")
+    if isinstance(task, bool) or not isinstance(task, int) or not 0 <= task < num_tasks:
+        raise ValueError(f"task must be an int in [0, {num_tasks}), got {task!r}")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(f"y must hold labels in [0, {num_classes}), got values in [{int(y.min())}, {int(y.max())}]")
+    return m, num_classes
+
+
+def ring_insert_(data: Tensor, counts: Tensor, x: Tensor, y: Tensor, task: int) -> None:
+    """Insert a batch into per-(task, class) FIFO rings of ``m`` slots: equal to one by one.
+
+    Ring ``(task, c)`` owns rows ``[(task*C + c)*m, (task*C + c + 1)*m)`` of ``data``; its next
+    slot is ``counts[task, c] % m``, so the ring fills from its first row and then overwrites
+    its oldest example. Two examples of one class in a batch take consecutive slots.
+
+    Args:
+        data: ``[num_tasks*num_classes*m, *feat]`` storage, written in place.
+        counts: ``[num_tasks, num_classes]`` int64, examples ever inserted per ring; updated.
+        x: ``[B, *feat]`` examples (dtype of ``data``).
+        y: ``[B]`` int64 labels in ``[0, num_classes)``.
+        task: the task id of the whole batch.
+    """
+    m, num_classes = _check_ring(data, counts, x, y, task)
+    for i in range(x.shape[0]):
+        c = int(y[i])
+        slot = (task * num_classes + c) * m + int(counts[task, c]) % m
+        data[slot].copy_(x[i])
+        counts[task, c] += 1
+
+
+def ring_sample(counts: Tensor, m: int, tasks: Sequence[int], n: int,
+                generator: Optional[torch.Generator] = None) -> Tensor:
+    """Draw ``n`` row indices uniformly, with replacement, from the filled slots of ``tasks``.
+
+    Ring ``(t, c)`` holds ``min(counts[t, c], m)`` filled slots, its first rows. Draws are
+    ``u = floor(U * N)`` with ``U ~ uniform[0, 1)`` from ``generator`` (``N`` = filled slots in
+    the selection), mapped in ring order (task-major, then class, then slot).
+
+    Returns:
+        ``[n]`` int64 row indices into the ring storage, on the device of ``counts``.
+    """
+    if counts.dtype != torch.int64 or counts.dim() != 2:
+        raise TypeError("counts must be a 2-d int64 tensor [num_tasks, num_classes]")
+    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+        raise ValueError(f"m must be an int >= 1, got {m!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be an int >= 0, got {n!r}")
+    num_tasks, num_classes = counts.shape
+    tasks = list(tasks)
+    for t in tasks:
+        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < num_tasks:
+            raise ValueError(f"tasks must hold task ids in [0, {num_tasks}), got {t!r}")
+    mask = torch.zeros(num_tasks, dtype=torch.bool, device=counts.device)
+    if tasks:
+        mask[torch.tensor(tasks, device=counts.device)] = True
+    fills = torch.where(mask[:, None], counts.clamp(max=m), torch.zeros_like(counts)).flatten()
+    total = int(fills.sum())
+    if total == 0:
+        raise ValueError(f"cannot sample: tasks {tasks} hold no examples")
+    u = torch.rand(n, generator=generator, dtype=torch.float64, device=counts.device)
+    k = torch.floor(u * total).long().clamp(max=total - 1)
+    ends = fills.cumsum(0)
+    ring = torch.searchsorted(ends, k, right=True)
+    offset = k - (ends[ring] - fills[ring])
+    return ring * m + offset
+
+
+def reservoir_insert_(data: Tensor, labels: Tensor, tasks: Tensor, x: Tensor, y: Tensor, task: int,
+                      n_seen: int, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Reservoir sampling (Vitter's algorithm R) of a batch, equal in law to one by one.
+
+    Example ``i`` of the batch is the ``s = n_seen + i``-th example of the stream (0-based). If
+    ``s < capacity`` it goes to slot ``s``; otherwise ``j = floor(U * (s + 1))`` with ``U`` the
+    ``i``-th of ``B`` uniforms drawn from ``generator``, and it replaces slot ``j`` when
+    ``j < capacity``. Later examples of the batch overwrite earlier ones, as one by one.
+
+    Args:
+        data: ``[capacity, *feat]`` storage; labels: ``[capacity]`` int64; tasks: ``[capacity]``
+            int64; all written in place.
+        x: ``[B, *feat]``; y: ``[B]`` int64; task: the task id stored with them.
+        n_seen: examples of the stream seen before this batch.
+
+    Returns:
+        ``[B]`` int64: the slot each example went to, -1 where it was not kept.
+    """
+    if not all(isinstance(t, Tensor) for t in (data, labels, tasks, x, y)):
+        raise TypeError("data, labels, tasks, x and y must be tensors")
+    cap = data.shape[0] if data.dim() else 0
+    if cap < 1:
+        raise ValueError("data must have at least one row (capacity >= 1)")
+    if labels.shape != (cap,) or tasks.shape != (cap,) or labels.dtype != torch.int64 or tasks.dtype != torch.int64:
+        raise ValueError(f"labels and tasks must be int64 vectors of length {cap}")
+    if x.dim() < 1 or x.shape[1:] != data.shape[1:]:
+        raise ValueError(f"x has shape {tuple(x.shape)}; expected [B, {', '.join(map(str, data.shape[1:]))}]")
+    if x.dtype != data.dtype:
+        raise TypeError(f"x has dtype {x.dtype} but data has {data.dtype}")
+    if y.dtype != torch.int64 or y.shape != (x.shape[0],):
+        raise ValueError(f"y must be an int64 vector of length {x.shape[0]}")
+    if isinstance(n_seen, bool) or not isinstance(n_seen, int) or n_seen < 0:
+        raise ValueError(f"n_seen must be an int >= 0, got {n_seen!r}")
+    if isinstance(task, bool) or not isinstance(task, int) or task < 0:
+        raise ValueError(f"task must be an int >= 0, got {task!r}")
+    if not (x.device == y.device == data.device == labels.device == tasks.device):
+        raise ValueError("data, labels, tasks, x and y must be on one device")
+    b = x.shape[0]
+    u = torch.rand(b, generator=generator, dtype=torch.float64, device=data.device)
+    s = n_seen + torch.arange(b, device=data.device, dtype=torch.int64)
+    j = torch.floor(u * (s + 1).double()).long()
+    slots = torch.where(s < cap, s, torch.where(j < cap, j, torch.full_like(j, -1)))
+    for i in range(b):
+        k = int(slots[i])
+        if k >= 0:
+            data[k].copy_(x[i])
+            labels[k] = y[i]
+            tasks[k] = task
+    return slots

@@ -1,0 +1,63 @@
+"""Builds the extension fastcl._C.
+
+* CPU torch: a CppExtension of csrc/ops.cpp and csrc/cpu/*.cpp, compiled -O3 -fopenmp; the
+  inner loops carry AVX-512 / AVX2 / generic clones chosen at load time (csrc/cpu/loops.cpp),
+  so a wheel built here runs on any x86-64.
+* CUDA torch with nvcc on the PATH (or FASTCL_FORCE_CUDA=1): a CUDAExtension that adds the
+  kernels of csrc/cuda/*.cu and their torch glue csrc/cuda/glue.cpp (CUDA dispatch key).
+
+Build with torch already installed: ``pip install -e . --no-build-isolation``.
+"""
+
+import glob
+import os
+import shutil
+
+from setuptools import setup
+
+import torch
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CSRC = os.path.join("csrc")
+
+
+def want_cuda() -> bool:
+    if os.environ.get("FASTCL_NO_CUDA", "") not in ("", "0"):
+        return False
+    if os.environ.get("FASTCL_FORCE_CUDA", "") not in ("", "0"):
+        return True
+    return torch.version.cuda is not None and shutil.which("nvcc") is not None
+
+
+def sources(cuda: bool) -> list[str]:
+    src = [os.path.join(CSRC, "ops.cpp")] + sorted(glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
+    if cuda:
+        src += sorted(glob.glob(os.path.join(CSRC, "cuda", "*.cu")))
+        src += [os.path.join(CSRC, "cuda", "glue.cpp")]
+    return src
+
+
+def make_extension():
+    cuda = want_cuda()
+    cxx = ["-O3", "-fopenmp", "-std=c++17", "-fvisibility=hidden", "-Wall", "-Wno-unknown-pragmas"]
+    define_macros = []
+    extra = {"cxx": cxx}
+    if cuda:
+        define_macros.append(("FASTCL_WITH_CUDA", None))
+        extra["nvcc"] = ["-O3", "--use_fast_math", "-std=c++17", "-lineinfo"]
+    kwargs = dict(
+        name="fastcl._C",
+        sources=sources(cuda),
+        include_dirs=[os.path.join(HERE, CSRC)],
+        define_macros=define_macros,
+        extra_compile_args=extra,
+        extra_link_args=["-fopenmp"],
+    )
+    return CUDAExtension(**kwargs) if cuda else CppExtension(**kwargs)
+
+
+setup(
+    ext_modules=[make_extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)
