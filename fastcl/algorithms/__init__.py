@@ -1,0 +1,6 @@
+"""Continual learners on one protocol (see :mod:`fastcl.algorithms.base`)."""
+
+from .base import Learner, LearnerConfig, ModelLearner
+from .er import ERConfig, ERRing, Finetune, FinetuneConfig
+
+__all__ = ["Learner", "LearnerConfig", "ModelLearner", "ERConfig", "ERRing", "Finetune", "FinetuneConfig"]

@@ -1,0 +1,107 @@
+"""Finetune and experience replay with a ring memory (ER-Ring).
+
+ER-Ring (Chaudhry et al., 2019, "On tiny episodic memories in continual learning"; the
+baseline of HAL, Sec. 5): every step trains on the incoming batch (10 examples) together with
+a batch of the same size sampled from the ring memory of *previous* tasks, then stores the
+incoming batch in the memory, which keeps the last ``m`` examples per class per task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..memory import RingBuffer
+from .base import LearnerConfig, ModelLearner
+
+__all__ = ["Finetune", "FinetuneConfig", "ERRing", "ERConfig"]
+
+
+@dataclass
+class FinetuneConfig(LearnerConfig):
+    """Finetune: plain SGD on the stream, no memory (the lower bound)."""
+
+
+class Finetune(ModelLearner):
+    """Plain SGD on each incoming batch; forgets freely (HAL's "Finetune" baseline)."""
+
+    def __init__(self, model: nn.Module, num_classes: int, input_shape: Sequence[int],
+                 config: Optional[FinetuneConfig] = None, task_classes=None):
+        super().__init__(model, num_classes, input_shape, config or FinetuneConfig(), task_classes)
+
+    def observe(self, x: Tensor, y: Tensor, task: int) -> float:
+        self._check_batch(x, y, task)
+        self._begin(task)
+        loss = self.loss(x, y, task)
+        self.sgd_step(loss)
+        return float(loss.detach())
+
+
+@dataclass
+class ERConfig(LearnerConfig):
+    """ER-Ring hyperparameters (HAL Sec. 5 defaults for MNIST).
+
+    Attributes:
+        per_class: m, examples kept per class per task (1, 3 or 5 in the paper).
+        replay_batch: examples sampled from memory per step (10, as the stream batch).
+        num_tasks: memory capacity in tasks (rings are preallocated).
+    """
+
+    per_class: int = 1
+    replay_batch: int = 10
+    num_tasks: int = 23
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.per_class < 1:
+            raise ValueError(f"per_class (m) must be >= 1, got {self.per_class}")
+        if self.replay_batch < 0:
+            raise ValueError(f"replay_batch must be >= 0, got {self.replay_batch}")
+        if self.num_tasks < 1:
+            raise ValueError(f"num_tasks must be >= 1, got {self.num_tasks}")
+
+
+class ERRing(ModelLearner):
+    """Experience replay with a per-(task, class) ring memory of previous tasks."""
+
+    def __init__(self, model: nn.Module, num_classes: int, input_shape: Sequence[int],
+                 config: Optional[ERConfig] = None, task_classes=None):
+        config = config or ERConfig()
+        super().__init__(model, num_classes, input_shape, config, task_classes)
+        self.memory = RingBuffer(config.num_tasks, num_classes, config.per_class, self.input_shape,
+                                 dtype=next(model.parameters()).dtype, device=self.device)
+
+    def replay(self, task: int) -> Optional[tuple[Tensor, Tensor, Tensor]]:
+        """A replay batch from the memory of tasks before ``task``, or None before any."""
+        if task == 0 or self.config.replay_batch == 0 or not self.memory.holds(range(task)):
+            return None
+        return self.memory.sample(self.config.replay_batch, tasks=range(task), generator=self.generator)
+
+    def observe(self, x: Tensor, y: Tensor, task: int) -> float:
+        self._check_batch(x, y, task)
+        if task >= self.config.num_tasks:
+            raise ValueError(f"task {task} exceeds the memory's num_tasks={self.config.num_tasks}")
+        self._begin(task)
+        mem = self.replay(task)
+        if mem is None:
+            loss = self.loss(x, y, task)
+        else:
+            mx, my, mt = mem
+            tasks = torch.cat([torch.full_like(y, task), mt])
+            loss = self.loss(torch.cat([x, mx]), torch.cat([y, my]),
+                             tasks if self.task_classes is not None else task)
+        self.sgd_step(loss)
+        self.memory.add(x.detach(), y, task)
+        return float(loss.detach())
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["memory"] = self.memory.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.memory.load_state_dict(state["memory"])

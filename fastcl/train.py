@@ -1,0 +1,118 @@
+"""Run a continual learner over a stream: single pass, evaluation after every task, checkpoints.
+
+:func:`run_stream` trains on each task's batches in order (one pass, batch 10 by default),
+evaluates on the test split of every task after each task (row ``i`` of the accuracy matrix),
+and, with a ``checkpoint`` path, saves learner + generators + matrix after every task, so an
+interrupted run resumed with ``resume=True`` ends with exactly the metrics of an uninterrupted
+run with the same seed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from .algorithms.base import Learner
+from .data.streams import Stream
+from .metrics import AccuracyMatrix
+
+__all__ = ["RunResult", "run_stream", "evaluate"]
+
+
+@dataclass
+class RunResult:
+    """What one run produced.
+
+    Attributes:
+        acc: the accuracy matrix (``acc.values[i][j]``: accuracy on task j after task i).
+        train_seconds: training time per task (evaluation excluded).
+        losses: mean training loss per task.
+    """
+
+    acc: AccuracyMatrix
+    train_seconds: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+
+    def summary(self, skip_first: int = 0) -> dict[str, float]:
+        out = self.acc.summary(skip_first)
+        out["train_seconds"] = float(sum(self.train_seconds))
+        return out
+
+
+@torch.no_grad()
+def evaluate(learner: Learner, stream: Stream, batch_size: int = 1000) -> list[float]:
+    """Test accuracy of ``learner`` on every task of ``stream``."""
+    accs = []
+    for task in stream:
+        correct = 0
+        for i in range(0, task.x_test.shape[0], batch_size):
+            x, y = task.x_test[i : i + batch_size], task.y_test[i : i + batch_size]
+            correct += int((learner.predict(x, task.task_id).argmax(1) == y).sum())
+        accs.append(correct / max(1, task.x_test.shape[0]))
+    return accs
+
+
+def run_stream(learner: Learner, stream: Stream, *, batch_size: int = 10, seed: int = 0,
+               checkpoint: Optional[str | os.PathLike] = None, resume: bool = False,
+               progress: bool = True, stop_after: Optional[int] = None,
+               on_task_end: Optional[Callable[[int, list[float]], None]] = None) -> RunResult:
+    """Train ``learner`` on ``stream`` task by task and fill the accuracy matrix.
+
+    Args:
+        learner: any :class:`~fastcl.algorithms.base.Learner`.
+        stream: the tasks.
+        batch_size: examples per incoming batch.
+        seed: seed of the batch order.
+        checkpoint: file written after every task (and read with ``resume``).
+        resume: continue from ``checkpoint`` if it exists.
+        progress: a progress bar per task (on stderr).
+        stop_after: stop after this many tasks (to simulate an interruption in tests).
+        on_task_end: called with (task, accuracies) after each task's evaluation.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    result = RunResult(AccuracyMatrix(len(stream)))
+    gen = torch.Generator().manual_seed(seed)
+    start = 0
+    if resume:
+        if checkpoint is None:
+            raise ValueError("resume=True needs a checkpoint path")
+        if Path(checkpoint).is_file():
+            state = torch.load(checkpoint, weights_only=False)
+            learner.load_state_dict(state["learner"])
+            gen.set_state(state["generator"])
+            result.acc.load_state_dict(state["acc"])
+            result.train_seconds = list(state["train_seconds"])
+            result.losses = list(state["losses"])
+            start = int(state["next_task"])
+    for task in stream.tasks[start:]:
+        t = task.task_id
+        if stop_after is not None and t >= stop_after:
+            break
+        n_batches = (task.x_train.shape[0] + batch_size - 1) // batch_size
+        bar = tqdm(task.batches(batch_size, gen), total=n_batches, disable=not progress,
+                   desc=f"task {t + 1}/{len(stream)}", leave=False, unit="batch")
+        losses = []
+        begin = time.perf_counter()
+        for x, y in bar:
+            losses.append(learner.observe(x, y, t))
+        learner.end_task(t)
+        result.train_seconds.append(time.perf_counter() - begin)
+        result.losses.append(sum(losses) / max(1, len(losses)))
+        accs = evaluate(learner, stream)
+        result.acc.add_row(accs)
+        if on_task_end is not None:
+            on_task_end(t, accs)
+        if checkpoint is not None:
+            tmp = Path(str(checkpoint) + ".tmp")
+            torch.save({"learner": learner.state_dict(), "generator": gen.get_state(),
+                        "acc": result.acc.state_dict(), "train_seconds": result.train_seconds,
+                        "losses": result.losses, "next_task": t + 1}, tmp)
+            os.replace(tmp, checkpoint)
+    return result
