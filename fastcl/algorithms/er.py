@@ -76,7 +76,7 @@ class ERRing(ModelLearner):
 
     def replay(self, task: int) -> Optional[tuple[Tensor, Tensor, Tensor]]:
         """A replay batch from the memory of tasks before ``task``, or None before any."""
-        if task == 0 or self.config.replay_batch == 0 or not self.memory.holds(range(task)):
+        if task == 0 or self.config.replay_batch == 0 or not any(self.memory.inserted[:task]):
             return None
         return self.memory.sample(self.config.replay_batch, tasks=range(task), generator=self.generator)
 
