@@ -17,6 +17,7 @@
 
 #include <cmath>
 #include <optional>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -258,88 +259,126 @@ void trajectory_shift_(at::TensorList phi, at::TensorList thetas, double meta_lr
 }
 
 // ------------------------------------------------------------------ episodic memory
+// The checks and messages of the CPU kernels (csrc/cpu/memory_ops.cpp), in the order of
+// fastcl/ops/reference.py. Rows are copied as raw bytes, so every dtype of `data` works.
 
-// The checks of fastcl/ops/reference.py::_check_ring; returns (m, num_classes). The label range
-// check reads y's min and max on the host (one synchronisation), as the reference does.
-std::pair<int64_t, int64_t> check_ring(const at::Tensor& data, const at::Tensor& counts,
-                                       const at::Tensor& x, const at::Tensor& y, int64_t task) {
+std::string batch_shape(const at::Tensor& data) {
+  std::string s = "[B";
+  for (int64_t d = 1; d < data.dim(); ++d) s += ", " + std::to_string(data.size(d));
+  return s + "]";
+}
+
+void check_x_shape(const at::Tensor& x, const at::Tensor& data) {
+  TORCH_CHECK_VALUE(x.dim() >= 1 && data.dim() >= 1 && x.sizes().slice(1) == data.sizes().slice(1),
+                    "x has shape ", x.sizes(), "; expected ", batch_shape(data),
+                    " (the row shape of data)");
+}
+
+void check_no_overlap(const char* a_name, const at::Tensor& a, const char* b_name,
+                      const at::Tensor& b) {
+  TORCH_CHECK_VALUE(at::get_overlap_status(a, b) == at::MemOverlapStatus::No, a_name, " and ",
+                    b_name, " share memory; they must be separate tensors");
+}
+
+void check_counts(const at::Tensor& counts) {
   TORCH_CHECK_TYPE(counts.scalar_type() == at::kLong && counts.dim() == 2,
                    "counts must be a 2-d int64 tensor [num_tasks, num_classes], got ",
                    counts.scalar_type(), " ", counts.sizes());
-  const int64_t num_tasks = counts.size(0), num_classes = counts.size(1);
-  const int64_t rings = num_tasks * num_classes;
-  const int64_t rows = data.dim() ? data.size(0) : 0;
-  TORCH_CHECK_VALUE(rings != 0 && data.dim() >= 1 && rows != 0 && rows % rings == 0,
-                    "data must have num_tasks*num_classes*m rows with m >= 1; got ", rows,
-                    " rows for ", rings, " rings");
-  const int64_t m = rows / rings;
-  TORCH_CHECK_VALUE(x.dim() >= 1 && x.sizes().slice(1) == data.sizes().slice(1), "x has shape ",
-                    x.sizes(), "; expected [B, ", data.sizes().slice(1), "]");
-  TORCH_CHECK_VALUE(y.scalar_type() == at::kLong && y.dim() == 1 && y.size(0) == x.size(0),
-                    "y must be an int64 vector of length ", x.size(0), ", got ", y.scalar_type(),
-                    " ", y.sizes());
-  TORCH_CHECK_TYPE(x.scalar_type() == data.scalar_type(), "x has dtype ", x.scalar_type(),
-                   " but data has ", data.scalar_type());
-  TORCH_CHECK_VALUE(x.device() == y.device() && y.device() == data.device() &&
-                        data.device() == counts.device(),
-                    "data, counts, x and y must be on one device");
-  TORCH_CHECK_VALUE(0 <= task && task < num_tasks, "task must be an int in [0, ", num_tasks,
-                    "), got ", task);
-  if (y.numel() > 0) {
-    const at::Tensor mm = at::stack({y.min(), y.max()}).cpu();
-    const int64_t lo = mm[0].item<int64_t>(), hi = mm[1].item<int64_t>();
-    TORCH_CHECK_VALUE(lo >= 0 && hi < num_classes, "y must hold labels in [0, ", num_classes,
-                      "), got values in [", lo, ", ", hi, "]");
-  }
-  return {m, num_classes};
+}
+
+// A contiguous copy of `t` when it shares memory with `written` (the kernels read it while
+// they write `written`), else a contiguous view.
+at::Tensor source_of(const at::Tensor& t, const at::Tensor& written) {
+  const at::Tensor r = t.resolve_conj().resolve_neg();
+  if (t.numel() > 0 && at::get_overlap_status(written, t) != at::MemOverlapStatus::No)
+    return r.clone(at::MemoryFormat::Contiguous);
+  return r.contiguous();
 }
 
 void ring_insert_(const at::Tensor& data, const at::Tensor& counts, const at::Tensor& x,
                   const at::Tensor& y, int64_t task) {
-  const auto [m, num_classes] = check_ring(data, counts, x, y, task);
+  check_counts(counts);
+  const int64_t num_tasks = counts.size(0), num_classes = counts.size(1);
+  const int64_t rings = num_tasks * num_classes;
+  const int64_t rows = data.dim() >= 1 ? data.size(0) : 0;
+  TORCH_CHECK_VALUE(rings > 0 && rows > 0 && rows % rings == 0,
+                    "data must have num_tasks*num_classes*m rows with m >= 1; got ", rows,
+                    " rows for ", rings, " rings (counts has shape ", counts.sizes(), ")");
+  const int64_t m = rows / rings;
+  check_x_shape(x, data);
+  const int64_t b = x.size(0);
+  TORCH_CHECK_VALUE(y.scalar_type() == at::kLong && y.dim() == 1 && y.size(0) == b,
+                    "y must be an int64 vector of length ", b, " (the batch size of x), got ",
+                    y.scalar_type(), " ", y.sizes());
+  TORCH_CHECK_TYPE(x.scalar_type() == data.scalar_type(), "x has dtype ", x.scalar_type(),
+                   " but data has ", data.scalar_type());
+  TORCH_CHECK_VALUE(x.device() == data.device() && y.device() == data.device() &&
+                        counts.device() == data.device(),
+                    "data, counts, x and y must be on one device; got data on ", data.device(),
+                    ", counts on ", counts.device(), ", x on ", x.device(), ", y on ", y.device());
+  TORCH_CHECK_VALUE(task >= 0 && task < num_tasks, "task must be an int in [0, ", num_tasks,
+                    "), got ", task);
   check_cuda(data, "data");
+  const OnDevice on(data);
+  // Label range and counts >= 0, read on the host in one synchronisation (the reference
+  // reads them too): a rejected call writes nothing.
+  {
+    std::vector<at::Tensor> stats;
+    if (b > 0) {
+      stats.push_back(y.min());
+      stats.push_back(y.max());
+    }
+    stats.push_back(counts.min());
+    const at::Tensor s = at::stack(stats).cpu();
+    const int64_t* sp = s.const_data_ptr<int64_t>();
+    if (b > 0) {
+      TORCH_CHECK_VALUE(sp[0] >= 0 && sp[1] < num_classes, "y must hold labels in [0, ",
+                        num_classes, "), got values in [", sp[0], ", ", sp[1], "]");
+    }
+    TORCH_CHECK_VALUE(sp[b > 0 ? 2 : 0] >= 0,
+                      "counts must be >= 0 (examples inserted per ring), got a minimum of ",
+                      sp[b > 0 ? 2 : 0]);
+  }
   check_not_self_overlapping(data, "data");
   check_not_self_overlapping(counts, "counts");
-  const int64_t batch = x.size(0);
-  if (batch == 0) return;
-  const OnDevice on(data);
-  const at::Tensor xc = x.contiguous();
+  check_no_overlap("counts", counts, "y", y);
+  if (b == 0) return;
+  const at::Tensor xc = source_of(x, data);
   const at::Tensor yc = y.contiguous();
   const std::vector<Staged> out{stage(data), stage(counts)};
-  const at::Tensor workspace = at::empty({2 * batch}, yc.options());
+  const at::Tensor workspace = at::empty({2 * b}, yc.options());
   C10_CUDA_CHECK(launch::ring_insert(out[0].work.data_ptr(), out[1].work.data_ptr<int64_t>(),
-                                     num_classes, m, xc.data_ptr(), yc.data_ptr<int64_t>(), batch,
+                                     num_classes, m, xc.data_ptr(), yc.data_ptr<int64_t>(), b,
                                      row_bytes_of(xc), task, workspace.data_ptr<int64_t>(),
                                      on.stream));
   unstage(out);
 }
 
+// No host synchronisation: an empty task list is rejected here, but a selection whose rings are
+// all empty (or negative counts, which the CPU op rejects) cannot be seen without reading
+// counts; the kernel then returns -1 for every draw (negative counts count as empty rings).
+// The memory classes check emptiness with their host-side counters before sampling.
 at::Tensor ring_sample(const at::Tensor& counts, int64_t m, at::IntArrayRef tasks, int64_t n,
                        std::optional<at::Generator> generator) {
-  TORCH_CHECK_TYPE(counts.scalar_type() == at::kLong && counts.dim() == 2,
-                   "counts must be a 2-d int64 tensor [num_tasks, num_classes]");
+  check_counts(counts);
   TORCH_CHECK_VALUE(m >= 1, "m must be an int >= 1, got ", m);
   TORCH_CHECK_VALUE(n >= 0, "n must be an int >= 0, got ", n);
   const int64_t num_tasks = counts.size(0), num_classes = counts.size(1);
-  for (const int64_t t : tasks) {
-    TORCH_CHECK_VALUE(0 <= t && t < num_tasks, "tasks must hold task ids in [0, ", num_tasks,
+  for (const int64_t t : tasks)
+    TORCH_CHECK_VALUE(t >= 0 && t < num_tasks, "tasks must hold task ids in [0, ", num_tasks,
                       "), got ", t);
-  }
-  // An empty selection is known on the host; a selection whose rings are all empty is not
-  // (without a synchronisation): then every draw is -1 (the memory classes check beforehand).
   TORCH_CHECK_VALUE(!tasks.empty() && num_classes > 0, "cannot sample: tasks ", tasks,
                     " hold no examples");
   check_cuda(counts, "counts");
   const OnDevice on(counts);
   const at::Tensor cc = counts.contiguous();
-  // Selected tasks as a byte mask, copied from pinned memory without a synchronisation.
+  // The selected tasks as a byte mask, copied from pinned memory without a synchronisation.
   at::Tensor mask_host =
       at::zeros({num_tasks}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
   uint8_t* mp = mask_host.data_ptr<uint8_t>();
   for (const int64_t t : tasks) mp[t] = 1;
   const at::Tensor mask = mask_host.to(counts.device(), at::kByte, /*non_blocking=*/true);
-  const at::Tensor u =
-      at::rand({n}, generator, at::TensorOptions().dtype(at::kDouble).device(counts.device()));
+  const at::Tensor u = at::rand({n}, generator, cc.options().dtype(at::kDouble));
   at::Tensor out = at::empty({n}, cc.options());
   if (n == 0) return out;
   const at::Tensor ends = at::empty({num_tasks * num_classes}, cc.options());
@@ -353,40 +392,50 @@ at::Tensor ring_sample(const at::Tensor& counts, int64_t m, at::IntArrayRef task
 at::Tensor reservoir_insert_(const at::Tensor& data, const at::Tensor& labels,
                              const at::Tensor& tasks, const at::Tensor& x, const at::Tensor& y,
                              int64_t task, int64_t n_seen, std::optional<at::Generator> generator) {
-  const int64_t cap = data.dim() ? data.size(0) : 0;
-  TORCH_CHECK_VALUE(cap >= 1, "data must have at least one row (capacity >= 1)");
-  TORCH_CHECK_VALUE(labels.dim() == 1 && labels.size(0) == cap && tasks.dim() == 1 &&
-                        tasks.size(0) == cap && labels.scalar_type() == at::kLong &&
-                        tasks.scalar_type() == at::kLong,
-                    "labels and tasks must be int64 vectors of length ", cap);
-  TORCH_CHECK_VALUE(x.dim() >= 1 && x.sizes().slice(1) == data.sizes().slice(1), "x has shape ",
-                    x.sizes(), "; expected [B, ", data.sizes().slice(1), "]");
+  const int64_t cap = data.dim() >= 1 ? data.size(0) : 0;
+  TORCH_CHECK_VALUE(cap >= 1, "data must have at least one row (capacity >= 1), got shape ",
+                    data.sizes());
+  TORCH_CHECK_VALUE(labels.scalar_type() == at::kLong && labels.dim() == 1 && labels.size(0) == cap,
+                    "labels must be an int64 vector of length ", cap,
+                    " (the rows of data), got ", labels.scalar_type(), " ", labels.sizes());
+  TORCH_CHECK_VALUE(tasks.scalar_type() == at::kLong && tasks.dim() == 1 && tasks.size(0) == cap,
+                    "tasks must be an int64 vector of length ", cap, " (the rows of data), got ",
+                    tasks.scalar_type(), " ", tasks.sizes());
+  check_x_shape(x, data);
+  const int64_t b = x.size(0);
   TORCH_CHECK_TYPE(x.scalar_type() == data.scalar_type(), "x has dtype ", x.scalar_type(),
                    " but data has ", data.scalar_type());
-  TORCH_CHECK_VALUE(y.scalar_type() == at::kLong && y.dim() == 1 && y.size(0) == x.size(0),
-                    "y must be an int64 vector of length ", x.size(0));
+  TORCH_CHECK_VALUE(y.scalar_type() == at::kLong && y.dim() == 1 && y.size(0) == b,
+                    "y must be an int64 vector of length ", b, " (the batch size of x), got ",
+                    y.scalar_type(), " ", y.sizes());
   TORCH_CHECK_VALUE(n_seen >= 0, "n_seen must be an int >= 0, got ", n_seen);
   TORCH_CHECK_VALUE(task >= 0, "task must be an int >= 0, got ", task);
-  TORCH_CHECK_VALUE(x.device() == y.device() && y.device() == data.device() &&
-                        data.device() == labels.device() && labels.device() == tasks.device(),
-                    "data, labels, tasks, x and y must be on one device");
-  check_cuda(data, "data");
+  TORCH_CHECK_VALUE(x.device() == data.device() && y.device() == data.device() &&
+                        labels.device() == data.device() && tasks.device() == data.device(),
+                    "data, labels, tasks, x and y must be on one device; got data on ",
+                    data.device(), ", labels on ", labels.device(), ", tasks on ", tasks.device(),
+                    ", x on ", x.device(), ", y on ", y.device());
   check_not_self_overlapping(data, "data");
   check_not_self_overlapping(labels, "labels");
   check_not_self_overlapping(tasks, "tasks");
+  check_no_overlap("labels", labels, "tasks", tasks);
+  check_cuda(data, "data");
   const OnDevice on(data);
-  const int64_t batch = x.size(0);
-  const at::Tensor u =
-      at::rand({batch}, generator, at::TensorOptions().dtype(at::kDouble).device(data.device()));
-  at::Tensor slots = at::empty({batch}, labels.options());
-  if (batch == 0) return slots;
-  const at::Tensor xc = x.contiguous();
-  const at::Tensor yc = y.contiguous();
+  // The reference's B uniforms, drawn even when every example is kept.
+  const at::Tensor u = at::rand({b}, generator, data.options().dtype(at::kDouble));
+  at::Tensor slots = at::empty({b}, data.options().dtype(at::kLong));
+  if (b == 0) return slots;
+  const at::Tensor xc = source_of(x, data);
+  // y may be a view of labels or tasks: then it is read from a copy.
+  const at::Tensor yc = (at::get_overlap_status(labels, y) != at::MemOverlapStatus::No ||
+                         at::get_overlap_status(tasks, y) != at::MemOverlapStatus::No)
+                            ? y.clone(at::MemoryFormat::Contiguous)
+                            : y.contiguous();
   const std::vector<Staged> out{stage(data), stage(labels), stage(tasks)};
-  const at::Tensor workspace = at::empty({cap}, labels.options());
+  const at::Tensor workspace = at::empty({cap}, slots.options());
   C10_CUDA_CHECK(launch::reservoir_insert(
       out[0].work.data_ptr(), out[1].work.data_ptr<int64_t>(), out[2].work.data_ptr<int64_t>(),
-      cap, xc.data_ptr(), yc.data_ptr<int64_t>(), batch, row_bytes_of(xc), task, n_seen,
+      cap, xc.data_ptr(), yc.data_ptr<int64_t>(), b, row_bytes_of(xc), task, n_seen,
       u.data_ptr<double>(), slots.data_ptr<int64_t>(), workspace.data_ptr<int64_t>(),
       on.stream));
   unstage(out);

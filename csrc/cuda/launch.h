@@ -75,7 +75,8 @@ cudaError_t ring_insert(void* data, int64_t* counts, int64_t num_classes, int64_
 // prefix sums (workspace: num_tasks*num_classes int64), then a binary search per draw
 // k = floor(u*total) (u: n uniforms in [0, 1), double). task_mask: [num_tasks] bytes, nonzero
 // for a selected task. When the selection holds no example (total == 0) every output is -1:
-// the caller checks emptiness beforehand with host-side counters.
+// the caller checks emptiness beforehand with host-side counters. Negative counts (rejected by
+// the CPU op, which reads them) count as empty rings.
 cudaError_t ring_sample(const int64_t* counts, const uint8_t* task_mask, int64_t num_tasks,
                         int64_t num_classes, int64_t m, const double* u, int64_t n, int64_t* out,
                         int64_t* workspace, cudaStream_t stream);

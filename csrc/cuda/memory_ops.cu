@@ -159,7 +159,7 @@ __global__ void __launch_bounds__(kThreads)
     int64_t fill = 0;
     if (r < rings && mask[r / num_classes]) {
       const int64_t c = counts[r];
-      fill = c < m ? c : m;
+      fill = c < 0 ? 0 : (c < m ? c : m);  // negative counts (rejected on the CPU) count as empty
     }
     const int64_t v = block_inclusive_scan(fill, warp_sums, &tile_total);
     if (r < rings) ends[r] = carry + v;
