@@ -1,0 +1,459 @@
+// Torch glue of the CUDA kernels: registers all fastcl ops for the CUDA dispatch key.
+//
+// Built only against a CUDA build of torch (setup.py defines FASTCL_WITH_CUDA and adds this file
+// and csrc/cuda/*.cu). Each op runs the argument checks of its CPU version (csrc/cpu/checks.h;
+// a rejected call writes nothing), stages strided tensors into contiguous ones like the CPU
+// kernels (csrc/cpu/list_ops.h), sets the tensors' device with a CUDAGuard, and enqueues the
+// raw-pointer launchers of csrc/cuda/launch.h on the current CUDA stream.
+//
+// Only the c10/cuda headers are used (stream, guard, error check): they need nothing but the
+// CUDA runtime headers, unlike ATen/cuda/CUDAContext.h (cuBLAS, cuSPARSE, ...).
+#include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "cpu/checks.h"
+#include "cpu/list_ops.h"
+#include "cuda/launch.h"
+
+namespace fastcl {
+namespace cuda_glue {
+namespace {
+
+namespace launch = ::fastcl::cuda;
+using ::fastcl::cpu::stage;
+using ::fastcl::cpu::stage_all;
+using ::fastcl::cpu::Staged;
+using ::fastcl::cpu::unstage;
+using OptList = std::optional<at::TensorList>;
+
+launch::DType dtype_of(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat:
+      return launch::DType::kFloat32;
+    case at::kDouble:
+      return launch::DType::kFloat64;
+    case at::kHalf:
+      return launch::DType::kFloat16;
+    case at::kBFloat16:
+      return launch::DType::kBFloat16;
+    default:
+      break;
+  }
+  TORCH_CHECK_TYPE(false, "fastcl CUDA kernels take float32, float64, float16 or bfloat16, got ",
+                   t);
+  return launch::DType::kFloat32;  // unreachable
+}
+
+// The device of `t` made current for the lifetime of this object, and its current stream.
+struct OnDevice {
+  c10::cuda::CUDAGuard guard;
+  cudaStream_t stream;
+  explicit OnDevice(const at::Tensor& t)
+      : guard(t.device()), stream(c10::cuda::getCurrentCUDAStream().stream()) {}
+};
+
+void check_cuda(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.is_cuda(), name, " is on ", t.device(), "; expected a CUDA tensor");
+}
+
+std::vector<void*> ptrs(const std::vector<Staged>& s) {
+  std::vector<void*> out;
+  out.reserve(s.size());
+  for (const auto& x : s) out.push_back(x.work.data_ptr());
+  return out;
+}
+
+std::vector<int64_t> numels(const std::vector<Staged>& s) {
+  std::vector<int64_t> out;
+  out.reserve(s.size());
+  for (const auto& x : s) out.push_back(x.work.numel());
+  return out;
+}
+
+void check_not_self_overlapping(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(at::has_internal_overlap(t) != at::MemOverlap::Yes, name,
+                    " has internally overlapping memory (an expanded view?); it cannot be "
+                    "written in place");
+}
+
+int64_t row_bytes_of(const at::Tensor& t) {
+  int64_t n = 1;
+  for (int64_t d = 1; d < t.dim(); ++d) n *= t.size(d);
+  return n * static_cast<int64_t>(t.element_size());
+}
+
+// ------------------------------------------------------------------ parameter updates
+
+void check_prox(at::TensorList params, at::TensorList grads, const OptList& anchors,
+                const OptList& importance, double lr, double prox) {
+  check_real("lr", lr, 0.0, INFINITY);
+  check_real("prox", prox, 0.0, INFINITY);
+  TORCH_CHECK_VALUE(anchors.has_value() == importance.has_value(),
+                    "anchors and importance must both be given or both be None");
+  TORCH_CHECK_VALUE(anchors.has_value() || prox == 0.0, "prox=", prox,
+                    " needs anchors and importance (None is allowed only with prox=0)");
+  std::vector<NamedList> lists{{"params", params}, {"grads", grads}};
+  if (anchors) {
+    lists.push_back({"anchors", *anchors});
+    lists.push_back({"importance", *importance});
+  }
+  check_lists(lists);
+}
+
+// out[i] <- prox step of (p, g, a, h); a == h == nullptr: SGD. out may be p (in place).
+void launch_prox(const std::vector<Staged>& out, const std::vector<Staged>& p,
+                 const std::vector<Staged>& g, const std::vector<Staged>* a,
+                 const std::vector<Staged>* h, double lr, double prox, cudaStream_t stream) {
+  const auto n = numels(out);
+  const auto o = ptrs(out), pp = ptrs(p), gg = ptrs(g);
+  std::vector<void*> aa, hh;
+  if (a) {
+    aa = ptrs(*a);
+    hh = ptrs(*h);
+  }
+  C10_CUDA_CHECK(launch::prox_sgd(dtype_of(out[0].work.scalar_type()),
+                                  static_cast<int64_t>(n.size()), n.data(), o.data(), pp.data(),
+                                  gg.data(), a ? aa.data() : nullptr, a ? hh.data() : nullptr,
+                                  lr, prox, stream));
+}
+
+void prox_sgd_(at::TensorList params, at::TensorList grads, OptList anchors, OptList importance,
+               double lr, double prox) {
+  check_prox(params, grads, anchors, importance, lr, prox);
+  std::vector<NamedList> inputs{{"grads", grads}};
+  if (anchors) {
+    inputs.push_back({"anchors", *anchors});
+    inputs.push_back({"importance", *importance});
+  }
+  check_writable("params", params, inputs);
+  if (params.empty()) return;
+  check_cuda(params[0], "params[0]");
+  const OnDevice on(params[0]);
+  // Inputs are staged before the outputs, as on the CPU (a strided param that is its own grad
+  // is read from its copy).
+  const auto g = stage_all(grads);
+  std::vector<Staged> a, h;
+  if (anchors) {
+    a = stage_all(*anchors);
+    h = stage_all(*importance);
+  }
+  const auto p = stage_all(params);
+  launch_prox(p, p, g, anchors ? &a : nullptr, anchors ? &h : nullptr, lr, prox, on.stream);
+  unstage(p);
+}
+
+std::vector<at::Tensor> prox_sgd(at::TensorList params, at::TensorList grads, OptList anchors,
+                                 OptList importance, double lr, double prox) {
+  check_prox(params, grads, anchors, importance, lr, prox);
+  std::vector<at::Tensor> result;
+  if (params.empty()) return result;
+  check_cuda(params[0], "params[0]");
+  const OnDevice on(params[0]);
+  const auto p = stage_all(params);
+  const auto g = stage_all(grads);
+  std::vector<Staged> a, h, out;
+  if (anchors) {
+    a = stage_all(*anchors);
+    h = stage_all(*importance);
+  }
+  for (const auto& s : p) {
+    result.push_back(at::empty_like(s.work, at::MemoryFormat::Contiguous));
+    out.push_back(Staged{result.back(), result.back()});
+  }
+  launch_prox(out, p, g, anchors ? &a : nullptr, anchors ? &h : nullptr, lr, prox, on.stream);
+  return result;
+}
+
+void taylor_importance_(at::TensorList importance, at::TensorList grads, at::TensorList params,
+                        double decay) {
+  check_real("decay", decay, 0.0, 1.0);
+  check_lists({{"importance", importance}, {"grads", grads}, {"params", params}});
+  check_writable("importance", importance, {{"grads", grads}, {"params", params}});
+  if (importance.empty()) return;
+  check_cuda(importance[0], "importance[0]");
+  const OnDevice on(importance[0]);
+  const auto g = stage_all(grads);
+  const auto p = stage_all(params);
+  const auto h = stage_all(importance);
+  const auto n = numels(h);
+  const auto hh = ptrs(h), gg = ptrs(g), pp = ptrs(p);
+  C10_CUDA_CHECK(launch::taylor_importance(dtype_of(h[0].work.scalar_type()),
+                                           static_cast<int64_t>(n.size()), n.data(), hh.data(),
+                                           gg.data(), pp.data(), decay, on.stream));
+  unstage(h);
+}
+
+void emcl_meta_step_(at::TensorList params, at::TensorList fast_params, at::TensorList importance,
+                     at::TensorList meta_lrs, at::TensorList grads, double lam, double decay,
+                     double r, int64_t lr_mode, double alpha0, double eps) {
+  check_real("lam", lam, 0.0, INFINITY);
+  check_real("decay", decay, 0.0, 1.0);
+  check_real("r", r, 0.0, INFINITY);
+  check_real("alpha0", alpha0, 0.0, INFINITY);
+  check_real("eps", eps, 0.0, INFINITY);
+  TORCH_CHECK_VALUE(lr_mode == 0 || lr_mode == 1,
+                    "lr_mode must be 0 (paper) or 1 (stabilised), got ", lr_mode);
+  const std::vector<NamedList> all{{"params", params},
+                                   {"fast_params", fast_params},
+                                   {"importance", importance},
+                                   {"meta_lrs", meta_lrs},
+                                   {"grads", grads}};
+  check_lists(all);
+  check_writable("params", params, all);
+  check_writable("importance", importance, all);
+  check_writable("meta_lrs", meta_lrs, all);
+  if (params.empty()) return;
+  check_cuda(params[0], "params[0]");
+  const OnDevice on(params[0]);
+  const auto pk = stage_all(fast_params);
+  const auto g = stage_all(grads);
+  const auto p = stage_all(params);
+  const auto h = stage_all(importance);
+  const auto a = stage_all(meta_lrs);
+  const auto n = numels(p);
+  const auto pp = ptrs(p), kk = ptrs(pk), hh = ptrs(h), aa = ptrs(a), gg = ptrs(g);
+  C10_CUDA_CHECK(launch::emcl_meta_step(dtype_of(p[0].work.scalar_type()),
+                                        static_cast<int64_t>(n.size()), n.data(), pp.data(),
+                                        kk.data(), hh.data(), aa.data(), gg.data(), lam, decay, r,
+                                        static_cast<int>(lr_mode), alpha0, eps, on.stream));
+  unstage(p);
+  unstage(h);
+  unstage(a);
+}
+
+void trajectory_shift_(at::TensorList phi, at::TensorList thetas, double meta_lr, bool shift) {
+  check_real("meta_lr", meta_lr, 0.0, INFINITY);
+  check_lists({{"phi", phi}, {"thetas", thetas, /*lead=*/true}});
+  for (size_t i = 0; i < thetas.size(); ++i) {
+    TORCH_CHECK_VALUE(thetas[i].size(0) >= 1, "thetas[", i,
+                      "] has T = 0 task learners; expected T >= 1");
+  }
+  check_writable("phi", phi, {});
+  check_writable("thetas", thetas, {});
+  if (phi.empty()) return;
+  check_cuda(phi[0], "phi[0]");
+  const OnDevice on(phi[0]);
+  const auto p = stage_all(phi);
+  const auto th = stage_all(thetas);
+  const auto n = numels(p);
+  std::vector<int64_t> learners;
+  learners.reserve(th.size());
+  for (const auto& s : th) learners.push_back(s.work.size(0));
+  const auto pp = ptrs(p), tt = ptrs(th);
+  C10_CUDA_CHECK(launch::trajectory_shift(dtype_of(p[0].work.scalar_type()),
+                                          static_cast<int64_t>(n.size()), n.data(),
+                                          learners.data(), pp.data(), tt.data(), meta_lr, shift,
+                                          on.stream));
+  unstage(p);
+  unstage(th);
+}
+
+// ------------------------------------------------------------------ episodic memory
+// The checks and messages of the CPU kernels (csrc/cpu/memory_ops.cpp), in the order of
+// fastcl/ops/reference.py. Rows are copied as raw bytes, so every dtype of `data` works.
+
+std::string batch_shape(const at::Tensor& data) {
+  std::string s = "[B";
+  for (int64_t d = 1; d < data.dim(); ++d) s += ", " + std::to_string(data.size(d));
+  return s + "]";
+}
+
+void check_x_shape(const at::Tensor& x, const at::Tensor& data) {
+  TORCH_CHECK_VALUE(x.dim() >= 1 && data.dim() >= 1 && x.sizes().slice(1) == data.sizes().slice(1),
+                    "x has shape ", x.sizes(), "; expected ", batch_shape(data),
+                    " (the row shape of data)");
+}
+
+void check_no_overlap(const char* a_name, const at::Tensor& a, const char* b_name,
+                      const at::Tensor& b) {
+  TORCH_CHECK_VALUE(at::get_overlap_status(a, b) == at::MemOverlapStatus::No, a_name, " and ",
+                    b_name, " share memory; they must be separate tensors");
+}
+
+void check_counts(const at::Tensor& counts) {
+  TORCH_CHECK_TYPE(counts.scalar_type() == at::kLong && counts.dim() == 2,
+                   "counts must be a 2-d int64 tensor [num_tasks, num_classes], got ",
+                   counts.scalar_type(), " ", counts.sizes());
+}
+
+// A contiguous copy of `t` when it shares memory with `written` (the kernels read it while
+// they write `written`), else a contiguous view.
+at::Tensor source_of(const at::Tensor& t, const at::Tensor& written) {
+  const at::Tensor r = t.resolve_conj().resolve_neg();
+  if (t.numel() > 0 && at::get_overlap_status(written, t) != at::MemOverlapStatus::No)
+    return r.clone(at::MemoryFormat::Contiguous);
+  return r.contiguous();
+}
+
+void ring_insert_(const at::Tensor& data, const at::Tensor& counts, const at::Tensor& x,
+                  const at::Tensor& y, int64_t task) {
+  check_counts(counts);
+  const int64_t num_tasks = counts.size(0), num_classes = counts.size(1);
+  const int64_t rings = num_tasks * num_classes;
+  const int64_t rows = data.dim() >= 1 ? data.size(0) : 0;
+  TORCH_CHECK_VALUE(rings > 0 && rows > 0 && rows % rings == 0,
+                    "data must have num_tasks*num_classes*m rows with m >= 1; got ", rows,
+                    " rows for ", rings, " rings (counts has shape ", counts.sizes(), ")");
+  const int64_t m = rows / rings;
+  check_x_shape(x, data);
+  const int64_t b = x.size(0);
+  TORCH_CHECK_VALUE(y.scalar_type() == at::kLong && y.dim() == 1 && y.size(0) == b,
+                    "y must be an int64 vector of length ", b, " (the batch size of x), got ",
+                    y.scalar_type(), " ", y.sizes());
+  TORCH_CHECK_TYPE(x.scalar_type() == data.scalar_type(), "x has dtype ", x.scalar_type(),
+                   " but data has ", data.scalar_type());
+  TORCH_CHECK_VALUE(x.device() == data.device() && y.device() == data.device() &&
+                        counts.device() == data.device(),
+                    "data, counts, x and y must be on one device; got data on ", data.device(),
+                    ", counts on ", counts.device(), ", x on ", x.device(), ", y on ", y.device());
+  TORCH_CHECK_VALUE(task >= 0 && task < num_tasks, "task must be an int in [0, ", num_tasks,
+                    "), got ", task);
+  check_cuda(data, "data");
+  const OnDevice on(data);
+  // Label range and counts >= 0, read on the host in one synchronisation (the reference
+  // reads them too): a rejected call writes nothing.
+  {
+    std::vector<at::Tensor> stats;
+    if (b > 0) {
+      stats.push_back(y.min());
+      stats.push_back(y.max());
+    }
+    stats.push_back(counts.min());
+    const at::Tensor s = at::stack(stats).cpu();
+    const int64_t* sp = s.const_data_ptr<int64_t>();
+    if (b > 0) {
+      TORCH_CHECK_VALUE(sp[0] >= 0 && sp[1] < num_classes, "y must hold labels in [0, ",
+                        num_classes, "), got values in [", sp[0], ", ", sp[1], "]");
+    }
+    TORCH_CHECK_VALUE(sp[b > 0 ? 2 : 0] >= 0,
+                      "counts must be >= 0 (examples inserted per ring), got a minimum of ",
+                      sp[b > 0 ? 2 : 0]);
+  }
+  check_not_self_overlapping(data, "data");
+  check_not_self_overlapping(counts, "counts");
+  check_no_overlap("counts", counts, "y", y);
+  if (b == 0) return;
+  const at::Tensor xc = source_of(x, data);
+  const at::Tensor yc = y.contiguous();
+  const std::vector<Staged> out{stage(data), stage(counts)};
+  const at::Tensor workspace = at::empty({2 * b}, yc.options());
+  C10_CUDA_CHECK(launch::ring_insert(out[0].work.data_ptr(), out[1].work.data_ptr<int64_t>(),
+                                     num_classes, m, xc.data_ptr(), yc.data_ptr<int64_t>(), b,
+                                     row_bytes_of(xc), task, workspace.data_ptr<int64_t>(),
+                                     on.stream));
+  unstage(out);
+}
+
+// No host synchronisation: an empty task list is rejected here, but a selection whose rings are
+// all empty (or negative counts, which the CPU op rejects) cannot be seen without reading
+// counts; the kernel then returns -1 for every draw (negative counts count as empty rings).
+// The memory classes check emptiness with their host-side counters before sampling.
+at::Tensor ring_sample(const at::Tensor& counts, int64_t m, at::IntArrayRef tasks, int64_t n,
+                       std::optional<at::Generator> generator) {
+  check_counts(counts);
+  TORCH_CHECK_VALUE(m >= 1, "m must be an int >= 1, got ", m);
+  TORCH_CHECK_VALUE(n >= 0, "n must be an int >= 0, got ", n);
+  const int64_t num_tasks = counts.size(0), num_classes = counts.size(1);
+  for (const int64_t t : tasks)
+    TORCH_CHECK_VALUE(t >= 0 && t < num_tasks, "tasks must hold task ids in [0, ", num_tasks,
+                      "), got ", t);
+  TORCH_CHECK_VALUE(!tasks.empty() && num_classes > 0, "cannot sample: tasks ", tasks,
+                    " hold no examples");
+  check_cuda(counts, "counts");
+  const OnDevice on(counts);
+  const at::Tensor cc = counts.contiguous();
+  // The selected tasks as a byte mask, copied from pinned memory without a synchronisation.
+  at::Tensor mask_host =
+      at::zeros({num_tasks}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  uint8_t* mp = mask_host.data_ptr<uint8_t>();
+  for (const int64_t t : tasks) mp[t] = 1;
+  const at::Tensor mask = mask_host.to(counts.device(), at::kByte, /*non_blocking=*/true);
+  const at::Tensor u = at::rand({n}, generator, cc.options().dtype(at::kDouble));
+  at::Tensor out = at::empty({n}, cc.options());
+  if (n == 0) return out;
+  const at::Tensor ends = at::empty({num_tasks * num_classes}, cc.options());
+  C10_CUDA_CHECK(launch::ring_sample(cc.data_ptr<int64_t>(), mask.data_ptr<uint8_t>(), num_tasks,
+                                     num_classes, m, u.data_ptr<double>(), n,
+                                     out.data_ptr<int64_t>(), ends.data_ptr<int64_t>(),
+                                     on.stream));
+  return out;
+}
+
+at::Tensor reservoir_insert_(const at::Tensor& data, const at::Tensor& labels,
+                             const at::Tensor& tasks, const at::Tensor& x, const at::Tensor& y,
+                             int64_t task, int64_t n_seen, std::optional<at::Generator> generator) {
+  const int64_t cap = data.dim() >= 1 ? data.size(0) : 0;
+  TORCH_CHECK_VALUE(cap >= 1, "data must have at least one row (capacity >= 1), got shape ",
+                    data.sizes());
+  TORCH_CHECK_VALUE(labels.scalar_type() == at::kLong && labels.dim() == 1 && labels.size(0) == cap,
+                    "labels must be an int64 vector of length ", cap,
+                    " (the rows of data), got ", labels.scalar_type(), " ", labels.sizes());
+  TORCH_CHECK_VALUE(tasks.scalar_type() == at::kLong && tasks.dim() == 1 && tasks.size(0) == cap,
+                    "tasks must be an int64 vector of length ", cap, " (the rows of data), got ",
+                    tasks.scalar_type(), " ", tasks.sizes());
+  check_x_shape(x, data);
+  const int64_t b = x.size(0);
+  TORCH_CHECK_TYPE(x.scalar_type() == data.scalar_type(), "x has dtype ", x.scalar_type(),
+                   " but data has ", data.scalar_type());
+  TORCH_CHECK_VALUE(y.scalar_type() == at::kLong && y.dim() == 1 && y.size(0) == b,
+                    "y must be an int64 vector of length ", b, " (the batch size of x), got ",
+                    y.scalar_type(), " ", y.sizes());
+  TORCH_CHECK_VALUE(n_seen >= 0, "n_seen must be an int >= 0, got ", n_seen);
+  TORCH_CHECK_VALUE(task >= 0, "task must be an int >= 0, got ", task);
+  TORCH_CHECK_VALUE(x.device() == data.device() && y.device() == data.device() &&
+                        labels.device() == data.device() && tasks.device() == data.device(),
+                    "data, labels, tasks, x and y must be on one device; got data on ",
+                    data.device(), ", labels on ", labels.device(), ", tasks on ", tasks.device(),
+                    ", x on ", x.device(), ", y on ", y.device());
+  check_not_self_overlapping(data, "data");
+  check_not_self_overlapping(labels, "labels");
+  check_not_self_overlapping(tasks, "tasks");
+  check_no_overlap("labels", labels, "tasks", tasks);
+  check_cuda(data, "data");
+  const OnDevice on(data);
+  // The reference's B uniforms, drawn even when every example is kept.
+  const at::Tensor u = at::rand({b}, generator, data.options().dtype(at::kDouble));
+  at::Tensor slots = at::empty({b}, data.options().dtype(at::kLong));
+  if (b == 0) return slots;
+  const at::Tensor xc = source_of(x, data);
+  // y may be a view of labels or tasks: then it is read from a copy.
+  const at::Tensor yc = (at::get_overlap_status(labels, y) != at::MemOverlapStatus::No ||
+                         at::get_overlap_status(tasks, y) != at::MemOverlapStatus::No)
+                            ? y.clone(at::MemoryFormat::Contiguous)
+                            : y.contiguous();
+  const std::vector<Staged> out{stage(data), stage(labels), stage(tasks)};
+  const at::Tensor workspace = at::empty({cap}, slots.options());
+  C10_CUDA_CHECK(launch::reservoir_insert(
+      out[0].work.data_ptr(), out[1].work.data_ptr<int64_t>(), out[2].work.data_ptr<int64_t>(),
+      cap, xc.data_ptr(), yc.data_ptr<int64_t>(), b, row_bytes_of(xc), task, n_seen,
+      u.data_ptr<double>(), slots.data_ptr<int64_t>(), workspace.data_ptr<int64_t>(),
+      on.stream));
+  unstage(out);
+  return slots;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastcl, CUDA, m) {
+  m.impl("prox_sgd_", &prox_sgd_);
+  m.impl("prox_sgd", &prox_sgd);
+  m.impl("taylor_importance_", &taylor_importance_);
+  m.impl("emcl_meta_step_", &emcl_meta_step_);
+  m.impl("trajectory_shift_", &trajectory_shift_);
+  m.impl("ring_insert_", &ring_insert_);
+  m.impl("ring_sample", &ring_sample);
+  m.impl("reservoir_insert_", &reservoir_insert_);
+}
+
+}  // namespace cuda_glue
+}  // namespace fastcl

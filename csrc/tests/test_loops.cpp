@@ -1,0 +1,131 @@
+// Tests of the CPU inner loops (csrc/cpu/loops.cpp, ISA-dispatched clones) against the scalar
+// math of csrc/kernels/math.h, over lengths that hit the vector bodies and tails, in place and
+// out of place. The clones may contract a*b+c into FMAs, so results are compared to a few ulps.
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "cpu/isa.h"
+#include "cpu/loops.h"
+#include "kernels/math.h"
+#include "tests/check.h"
+
+namespace k = fastcl::kernels;
+namespace cpu = fastcl::cpu;
+
+namespace {
+
+std::mt19937_64 rng(7);
+
+template <typename T>
+std::vector<T> random_vec(int64_t n, double lo, double hi) {
+  std::uniform_real_distribution<double> d(lo, hi);
+  std::vector<T> v(n);
+  for (auto& x : v) x = T(d(rng));
+  return v;
+}
+
+template <typename T>
+double tol() {
+  return std::is_same<T, float>::value ? 1e-5 : 1e-13;
+}
+
+const int64_t kLengths[] = {0, 1, 3, 7, 8, 15, 16, 17, 31, 33, 63, 64, 65, 511, 512, 513, 1000, 4099};
+
+template <typename T>
+void test_elementwise(const char* type) {
+  for (const int64_t n : kLengths) {
+    const auto p = random_vec<T>(n, -2, 2), g = random_vec<T>(n, -2, 2), a = random_vec<T>(n, -2, 2);
+    const auto h = random_vec<T>(n, 0, 3), pk = random_vec<T>(n, -2, 2), al = random_vec<T>(n, 0, 1);
+    const T lr = T(0.1), prox = T(0.7), decay = T(0.9), omd = T(1.0 - 0.9);
+    const std::string ctx = std::string(type) + " n=" + std::to_string(n);
+
+    std::vector<T> out(n);
+    cpu::sgd_loop(out.data(), p.data(), g.data(), lr, n);
+    for (int64_t i = 0; i < n; ++i)
+      FASTCL_CHECK_CLOSE(out[i], k::sgd(p[i], g[i], lr), tol<T>(), tol<T>()) << "sgd" << ctx << "i" << i;
+
+    cpu::prox_sgd_loop(out.data(), p.data(), g.data(), a.data(), h.data(), lr, prox, n);
+    for (int64_t i = 0; i < n; ++i)
+      FASTCL_CHECK_CLOSE(out[i], k::prox_sgd(p[i], g[i], a[i], h[i], lr, prox), tol<T>(), tol<T>())
+          << "prox_sgd" << ctx << "i" << i;
+
+    // in place: out is params
+    std::vector<T> inplace = p;
+    cpu::prox_sgd_loop(inplace.data(), inplace.data(), g.data(), a.data(), h.data(), lr, prox, n);
+    for (int64_t i = 0; i < n; ++i)
+      FASTCL_CHECK_CLOSE(inplace[i], out[i], tol<T>(), tol<T>()) << "prox_sgd in place" << ctx;
+
+    std::vector<T> hh = h;
+    cpu::taylor_loop(hh.data(), g.data(), p.data(), decay, omd, n);
+    for (int64_t i = 0; i < n; ++i)
+      FASTCL_CHECK_CLOSE(hh[i], k::taylor(h[i], g[i], p[i], decay, omd), tol<T>(), tol<T>())
+          << "taylor" << ctx << "i" << i;
+
+    for (int mode = 0; mode < 2; ++mode) {
+      std::vector<T> p2 = p, h2 = h, a2 = al;
+      const T lam = T(0.5), r = T(0.3), alpha0 = T(0.05), eps = T(1e-3);
+      cpu::emcl_meta_loop(p2.data(), pk.data(), h2.data(), a2.data(), g.data(), lam, decay, omd, r,
+                          mode, alpha0, eps, n);
+      for (int64_t i = 0; i < n; ++i) {
+        T pv = p[i], hv = h[i], av = al[i];
+        k::emcl_meta(pv, pk[i], hv, av, g[i], lam, decay, omd, r, mode, alpha0, eps);
+        FASTCL_CHECK_CLOSE(p2[i], pv, tol<T>(), tol<T>()) << "emcl theta0 mode" << mode << ctx;
+        FASTCL_CHECK_CLOSE(h2[i], hv, tol<T>(), tol<T>()) << "emcl h mode" << mode << ctx;
+        FASTCL_CHECK_CLOSE(a2[i], av, 10 * tol<T>(), tol<T>()) << "emcl alpha mode" << mode << ctx;
+      }
+    }
+  }
+}
+
+// thetas: `learners` rows of `stride` elements; the loop updates elements [0, n) of each row.
+template <typename T>
+void test_shift(const char* type) {
+  for (const int64_t n : kLengths) {
+    for (const int64_t learners : {1, 2, 5}) {
+      for (const int64_t pad : {0, 9}) {
+        for (const bool shift : {true, false}) {
+          const int64_t stride = n + pad;
+          const auto phi0 = random_vec<T>(n, -1, 1);
+          const auto th0 = random_vec<T>(learners * stride, -1, 1);
+          const T lr = T(0.3);
+          std::vector<T> phi = phi0, th = th0;
+          cpu::shift_loop(phi.data(), th.data(), learners, stride, lr, shift, n);
+          const std::string ctx = std::string(type) + " n=" + std::to_string(n) +
+                                  " T=" + std::to_string(learners) + " pad=" + std::to_string(pad) +
+                                  (shift ? " shift" : " reptile");
+          for (int64_t j = 0; j < n; ++j) {
+            T acc = 0;
+            for (int64_t t = 0; t < learners; ++t) acc += th0[t * stride + j];
+            const T d = k::shift_delta(acc / T(learners), phi0[j], lr);
+            FASTCL_CHECK_CLOSE(phi[j], phi0[j] + d, tol<T>(), tol<T>()) << "phi" << ctx << "j" << j;
+            for (int64_t t = 0; t < learners; ++t) {
+              const T want = shift ? T(th0[t * stride + j] + d) : th0[t * stride + j];
+              FASTCL_CHECK_CLOSE(th[t * stride + j], want, tol<T>(), tol<T>())
+                  << "theta" << ctx << "t" << t << "j" << j;
+            }
+          }
+          for (int64_t t = 0; t < learners; ++t)
+            for (int64_t j = n; j < stride; ++j)
+              FASTCL_CHECK(th[t * stride + j] == th0[t * stride + j]) << "padding written" << ctx;
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+int main() {
+  const std::string isa = cpu::isa_name();
+  std::printf("cpu loops run the %s clone\n", isa.c_str());
+  FASTCL_CHECK(isa == "avx512" || isa == "avx2" || isa == "generic") << "isa_name() =" << isa;
+  test_elementwise<float>("float");
+  test_elementwise<double>("double");
+  test_shift<float>("float");
+  test_shift<double>("double");
+  return fastcl_test::report("cpu loops (csrc/cpu/loops.cpp)");
+}
