@@ -39,9 +39,8 @@ class ReservoirBuffer:
         self.example_shape = as_shape("example_shape", example_shape)
         self.dtype = as_dtype("dtype", dtype)
         self.data = torch.zeros((capacity,) + self.example_shape, dtype=self.dtype, device=device)
-        # labels and tasks are the two rows of one [2, capacity] tensor: one gather samples both
-        self._meta = torch.zeros(2, capacity, dtype=torch.int64, device=device)
-        self.labels, self.tasks = self._meta[0], self._meta[1]
+        self.labels = torch.zeros(capacity, dtype=torch.int64, device=device)
+        self.tasks = torch.zeros(capacity, dtype=torch.int64, device=device)
         self.device = self.data.device
         self._n_seen = 0
 
@@ -99,8 +98,7 @@ class ReservoirBuffer:
             labels and ``[n]`` int64 task ids.
         """
         idx = self.sample_indices(n, tasks, generator)
-        meta = self._meta.index_select(1, idx)
-        return self.data.index_select(0, idx), meta[0], meta[1]
+        return self.data.index_select(0, idx), self.labels.index_select(0, idx), self.tasks.index_select(0, idx)
 
     def sample_indices(self, n: int, tasks: Optional[Iterable[int]] = None,
                        generator: Optional[torch.Generator] = None) -> Tensor:

@@ -26,8 +26,8 @@ class RingBuffer:
     Storage: ``data`` ``[num_tasks*num_classes*m, *example_shape]`` and ``counts``
     ``[num_tasks, num_classes]`` int64 (examples ever inserted per ring), both on ``device``.
     Row ``r`` holds class ``r // m % num_classes`` of task ``r // (m*num_classes)``, so labels
-    and task ids are not stored per example (a constant row -> (label, task) table of
-    ``2*rows`` int64 makes sampling one gather). The memory also keeps, on the host, how many examples each
+    and task ids are not stored per example (two constant row -> label / task tables of
+    ``rows`` int64 each make sampling two small gathers). The memory also keeps, on the host, how many examples each
     task received (the batch size and task id of :meth:`add` are host values): :meth:`sample`
     rejects an empty selection from these counters, without a host-device synchronisation.
 
@@ -51,9 +51,9 @@ class RingBuffer:
         self.data = torch.zeros((rows,) + self.example_shape, dtype=self.dtype, device=device)
         self.counts = torch.zeros(self.num_tasks, self.num_classes, dtype=torch.int64, device=device)
         self.device = self.data.device
-        # label and task id of every row ([2, rows]): one gather gives both for sampled rows
+        # label and task id of every row (constant tables: a gather is cheaper than arithmetic)
         ring = torch.arange(rows, device=self.device) // self.per_class
-        self._row_meta = torch.stack([ring % self.num_classes, ring // self.num_classes])
+        self._row_label, self._row_task = ring % self.num_classes, ring // self.num_classes
         self._inserted = [0] * self.num_tasks  # host side: examples ever added per task
 
     # ------------------------------------------------------------------ properties
@@ -135,8 +135,7 @@ class RingBuffer:
             labels and ``[n]`` int64 task ids.
         """
         idx = self.sample_indices(n, tasks, generator)
-        meta = self._row_meta.index_select(1, idx)
-        return self.data.index_select(0, idx), meta[0], meta[1]
+        return self.data.index_select(0, idx), self._row_label.index_select(0, idx), self._row_task.index_select(0, idx)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
