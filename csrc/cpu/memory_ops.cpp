@@ -162,26 +162,29 @@ void ring_insert_(const at::Tensor& data, const at::Tensor& counts, const at::Te
   const at::Tensor src = source_rows(x, data);
   int64_t* cnt = counts.mutable_data_ptr<int64_t>() + task * counts.stride(0);
   const int64_t cs = counts.stride(1);
+  // per_class[c]: examples of class c met so far in the batch (after the first pass: all of
+  // them); rank[i]: examples of the class of i before i in the batch.
   std::vector<int64_t> per_class(num_classes, 0);
-  std::vector<int64_t> slot(b);
-  for (int64_t i = 0; i < b; ++i) {
-    const int64_t c = yp[i * ys];
-    slot[i] = k::ring_slot(task, c, num_classes, m, cnt[c * cs], per_class[c]++);
-  }
-  // Only the examples no later example of their ring overwrites are copied: their slots are
-  // distinct, and the result is the one of inserting one by one (last writes win).
+  std::vector<int64_t> rank(b);
+  for (int64_t i = 0; i < b; ++i) rank[i] = per_class[yp[i * ys]]++;
+  // Only the examples no later example of their ring overwrites are copied (fewer than m come
+  // after them): their slots are distinct, and the result is the one of inserting one by one.
   std::vector<int64_t> src_row, dst_row;
   src_row.reserve(b);
   dst_row.reserve(b);
-  std::fill(per_class.begin(), per_class.end(), 0);
-  for (int64_t i = b - 1; i >= 0; --i) {
+  for (int64_t i = 0; i < b; ++i) {
     const int64_t c = yp[i * ys];
-    if (k::ring_survives(per_class[c]++, m)) {
+    if (k::ring_survives(per_class[c] - rank[i] - 1, m)) {
       src_row.push_back(i);
-      dst_row.push_back(slot[i]);
+      dst_row.push_back(k::ring_slot(task, c, num_classes, m, cnt[c * cs], rank[i]));
     }
   }
-  for (int64_t c = 0; c < num_classes; ++c) cnt[c * cs] += per_class[c];
+  // counts[task, c] += examples of class c (touching only the classes of the batch)
+  for (int64_t i = 0; i < b; ++i) {
+    const int64_t c = yp[i * ys];
+    cnt[c * cs] += per_class[c];
+    per_class[c] = 0;
+  }
   copy_rows(data, src, src_row, dst_row);
 }
 
