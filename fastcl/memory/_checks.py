@@ -57,8 +57,8 @@ def as_task_list(name: str, tasks, num_tasks: Optional[int]) -> list[int]:
         except TypeError:
             raise TypeError(f"{name} must hold int task ids, got {type(t).__name__}") from None
         if v < 0 or (num_tasks is not None and v >= num_tasks):
-            bound = f"[0, {num_tasks})" if num_tasks is not None else ">= 0"
-            raise ValueError(f"{name} must hold task ids in {bound}, got {v}")
+            bound = f"in [0, {num_tasks})" if num_tasks is not None else ">= 0"
+            raise ValueError(f"{name} must hold task ids {bound}, got {v}")
         out.append(v)
     return out
 
