@@ -300,7 +300,13 @@ def _check_ring(data, counts, x, y, task):
         raise ValueError(f"task must be an int in [0, {num_tasks}), got {task!r}")
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
         raise ValueError(f"y must hold labels in [0, {num_classes}), got values in [{int(y.min())}, {int(y.max())}]")
+    _check_counts_nonnegative(counts)
     return m, num_classes
+
+
+def _check_counts_nonnegative(counts):
+    if counts.numel() and int(counts.min()) < 0:
+        raise ValueError(f"counts must be >= 0 (examples inserted per ring), got a minimum of {int(counts.min())}")
 
 
 def ring_insert_(data: Tensor, counts: Tensor, x: Tensor, y: Tensor, task: int) -> None:
@@ -347,6 +353,7 @@ def ring_sample(counts: Tensor, m: int, tasks: Sequence[int], n: int,
     for t in tasks:
         if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < num_tasks:
             raise ValueError(f"tasks must hold task ids in [0, {num_tasks}), got {t!r}")
+    _check_counts_nonnegative(counts)
     mask = torch.zeros(num_tasks, dtype=torch.bool, device=counts.device)
     if tasks:
         mask[torch.tensor(tasks, device=counts.device)] = True

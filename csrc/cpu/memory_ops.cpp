@@ -1,0 +1,336 @@
+// CPU kernels of the episodic-memory ops: ring_insert_, ring_sample, reservoir_insert_.
+//
+// These run on every training step of experience replay with small batches (10 rows of 784
+// floats), so the per-call cost is what matters: every argument is checked first (a rejected
+// call writes nothing), slots are computed in one plain loop with the shared math of
+// csrc/kernels/math.h, and rows are copied with memcpy (split across threads only when the
+// rows to copy are large). Rows are copied as bytes, so every dtype of `data` is supported
+// (float32/64, float16, bfloat16, uint8 images, ...).
+//
+// Randomness: ring_sample and reservoir_insert_ draw their uniforms exactly as the references
+// in fastcl/ops/reference.py do (`at::rand({n}, generator, kDouble)` on the device of the
+// tensors) and apply the same formulas, so given the same generator state they return the
+// same indices, bit for bit.
+#include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <optional>
+#include <unordered_set>
+#include <vector>
+
+#include "kernels/math.h"
+
+namespace fastcl {
+namespace cpu {
+namespace {
+namespace k = ::fastcl::kernels;
+
+// Below this many bytes to copy, one thread copies all rows (a parallel region costs more than
+// it saves); above it, rows are split across threads, kCopyGrain bytes per task at least.
+constexpr int64_t kParallelCopyBytes = int64_t(1) << 20;
+constexpr int64_t kCopyGrain = int64_t(1) << 18;
+
+// "[B, 28, 28]" for an error message: the shape wanted for x given the row shape of data.
+std::string batch_shape(const at::Tensor& data) {
+  std::string s = "[B";
+  for (int64_t d = 1; d < data.dim(); ++d) s += ", " + std::to_string(data.size(d));
+  return s + "]";
+}
+
+void check_x_shape(const at::Tensor& x, const at::Tensor& data) {
+  TORCH_CHECK_VALUE(x.dim() >= 1 && data.dim() >= 1 && x.sizes().slice(1) == data.sizes().slice(1),
+                    "x has shape ", x.sizes(), "; expected ", batch_shape(data),
+                    " (the row shape of data)");
+}
+
+void check_writable(const char* name, const at::Tensor& t) {
+  TORCH_CHECK_VALUE(at::has_internal_overlap(t) != at::MemOverlap::Yes, name,
+                    " has internally overlapping memory (an expanded view?); it cannot be written "
+                    "in place");
+}
+
+void check_no_overlap(const char* a_name, const at::Tensor& a, const char* b_name,
+                      const at::Tensor& b) {
+  TORCH_CHECK_VALUE(at::get_overlap_status(a, b) == at::MemOverlapStatus::No, a_name, " and ",
+                    b_name, " share memory; they must be separate tensors");
+}
+
+// The rows of `data` can be written with memcpy (else they are written with copy_).
+bool rows_memcpy_ok(const at::Tensor& data) {
+  return data.is_contiguous() && !data.is_conj() && !data.is_neg();
+}
+
+// x as a plain contiguous buffer that does not share memory with data (an x that is a view of
+// data is read from a copy, so rows written early never change rows read later).
+at::Tensor source_rows(const at::Tensor& x, const at::Tensor& data) {
+  if (x.numel() > 0 && at::get_overlap_status(data, x) != at::MemOverlapStatus::No)
+    return x.resolve_conj().resolve_neg().clone(at::MemoryFormat::Contiguous);
+  return x.resolve_conj().resolve_neg().contiguous();
+}
+
+// data[dst[i]] <- src[i] for the listed pairs. Destinations are distinct (callers drop the rows a
+// later row of the batch overwrites), so the copies may run in any order and in parallel.
+void copy_rows(const at::Tensor& data, const at::Tensor& src, const std::vector<int64_t>& src_row,
+               const std::vector<int64_t>& dst_row) {
+  const int64_t count = static_cast<int64_t>(src_row.size());
+  if (count == 0) return;
+  if (!rows_memcpy_ok(data)) {
+    for (int64_t i = 0; i < count; ++i) data.select(0, dst_row[i]).copy_(src.select(0, src_row[i]));
+    return;
+  }
+  const int64_t row_bytes = data.numel() / data.size(0) * static_cast<int64_t>(data.element_size());
+  if (row_bytes == 0) return;
+  char* out = static_cast<char*>(data.data_ptr());
+  const char* in = static_cast<const char*>(src.const_data_ptr());
+  auto body = [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i)
+      std::memcpy(out + dst_row[i] * row_bytes, in + src_row[i] * row_bytes, row_bytes);
+  };
+  if (count > 1 && count * row_bytes >= kParallelCopyBytes) {
+    at::parallel_for(0, count, std::max<int64_t>(1, kCopyGrain / row_bytes), body);
+  } else {
+    body(0, count);
+  }
+}
+
+void check_counts(const at::Tensor& counts) {
+  TORCH_CHECK_TYPE(counts.scalar_type() == at::kLong && counts.dim() == 2,
+                   "counts must be a 2-d int64 tensor [num_tasks, num_classes], got ",
+                   counts.scalar_type(), " ", counts.sizes());
+}
+
+// counts[t, c] >= 0 everywhere (examples ever inserted into ring (t, c)).
+void check_counts_nonnegative(const at::Tensor& counts) {
+  const int64_t* p = counts.const_data_ptr<int64_t>();
+  const int64_t s0 = counts.stride(0), s1 = counts.stride(1);
+  for (int64_t t = 0; t < counts.size(0); ++t)
+    for (int64_t c = 0; c < counts.size(1); ++c) {
+      const int64_t v = p[t * s0 + c * s1];
+      TORCH_CHECK_VALUE(v >= 0, "counts must be >= 0 (examples inserted per ring), got counts[",
+                        t, ", ", c, "] = ", v);
+    }
+}
+
+// ---------------------------------------------------------------------------- ring_insert_
+void ring_insert_(const at::Tensor& data, const at::Tensor& counts, const at::Tensor& x,
+                  const at::Tensor& y, int64_t task) {
+  // ---- checks (the order of fastcl/ops/reference.py), before any write ----
+  check_counts(counts);
+  const int64_t num_tasks = counts.size(0), num_classes = counts.size(1);
+  const int64_t rings = num_tasks * num_classes;
+  const int64_t rows = data.dim() >= 1 ? data.size(0) : 0;
+  TORCH_CHECK_VALUE(rings > 0 && rows > 0 && rows % rings == 0,
+                    "data must have num_tasks*num_classes*m rows with m >= 1; got ", rows,
+                    " rows for ", rings, " rings (counts has shape ", counts.sizes(), ")");
+  const int64_t m = rows / rings;
+  check_x_shape(x, data);
+  const int64_t b = x.size(0);
+  TORCH_CHECK_VALUE(y.scalar_type() == at::kLong && y.dim() == 1 && y.size(0) == b,
+                    "y must be an int64 vector of length ", b, " (the batch size of x), got ",
+                    y.scalar_type(), " ", y.sizes());
+  TORCH_CHECK_TYPE(x.scalar_type() == data.scalar_type(), "x has dtype ", x.scalar_type(),
+                   " but data has ", data.scalar_type());
+  TORCH_CHECK_VALUE(x.device() == data.device() && y.device() == data.device() &&
+                        counts.device() == data.device(),
+                    "data, counts, x and y must be on one device; got data on ", data.device(),
+                    ", counts on ", counts.device(), ", x on ", x.device(), ", y on ", y.device());
+  TORCH_CHECK_VALUE(task >= 0 && task < num_tasks, "task must be an int in [0, ", num_tasks,
+                    "), got ", task);
+  const int64_t* yp = y.const_data_ptr<int64_t>();
+  const int64_t ys = y.stride(0);
+  if (b > 0) {
+    int64_t lo = yp[0], hi = yp[0];
+    for (int64_t i = 1; i < b; ++i) {
+      lo = std::min(lo, yp[i * ys]);
+      hi = std::max(hi, yp[i * ys]);
+    }
+    TORCH_CHECK_VALUE(lo >= 0 && hi < num_classes, "y must hold labels in [0, ", num_classes,
+                      "), got values in [", lo, ", ", hi, "]");
+  }
+  check_counts_nonnegative(counts);
+  check_writable("data", data);
+  check_writable("counts", counts);
+  check_no_overlap("counts", counts, "y", y);
+  if (b == 0) return;
+
+  // ---- slots: example i of class c goes to ring (task, c) at (counts + rank) % m ----
+  const at::Tensor src = source_rows(x, data);
+  int64_t* cnt = counts.mutable_data_ptr<int64_t>() + task * counts.stride(0);
+  const int64_t cs = counts.stride(1);
+  // per_class[c]: examples of class c met so far in the batch (after the first pass: all of
+  // them); rank[i]: examples of the class of i before i in the batch.
+  std::vector<int64_t> per_class(num_classes, 0);
+  std::vector<int64_t> rank(b);
+  for (int64_t i = 0; i < b; ++i) rank[i] = per_class[yp[i * ys]]++;
+  // Only the examples no later example of their ring overwrites are copied (fewer than m come
+  // after them): their slots are distinct, and the result is the one of inserting one by one.
+  std::vector<int64_t> src_row, dst_row;
+  src_row.reserve(b);
+  dst_row.reserve(b);
+  for (int64_t i = 0; i < b; ++i) {
+    const int64_t c = yp[i * ys];
+    if (k::ring_survives(per_class[c] - rank[i] - 1, m)) {
+      src_row.push_back(i);
+      dst_row.push_back(k::ring_slot(task, c, num_classes, m, cnt[c * cs], rank[i]));
+    }
+  }
+  // counts[task, c] += examples of class c (touching only the classes of the batch)
+  for (int64_t i = 0; i < b; ++i) {
+    const int64_t c = yp[i * ys];
+    cnt[c * cs] += per_class[c];
+    per_class[c] = 0;
+  }
+  copy_rows(data, src, src_row, dst_row);
+}
+
+// ---------------------------------------------------------------------------- ring_sample
+at::Tensor ring_sample(const at::Tensor& counts, int64_t m, at::IntArrayRef tasks, int64_t n,
+                       std::optional<at::Generator> generator) {
+  check_counts(counts);
+  TORCH_CHECK_VALUE(m >= 1, "m must be an int >= 1, got ", m);
+  TORCH_CHECK_VALUE(n >= 0, "n must be an int >= 0, got ", n);
+  const int64_t num_tasks = counts.size(0), num_classes = counts.size(1);
+  for (const int64_t t : tasks)
+    TORCH_CHECK_VALUE(t >= 0 && t < num_tasks, "tasks must hold task ids in [0, ", num_tasks,
+                      "), got ", t);
+  check_counts_nonnegative(counts);
+
+  // Filled rings of the selection in ring order (task-major, then class): ring r holds
+  // fill[r] = min(counts, m) examples in rows base[r] .. base[r] + fill[r] - 1; ends[r] is the
+  // running total of the fills, so draw k in [0, total) falls in the first ring with ends > k.
+  std::vector<char> selected(num_tasks, 0);
+  for (const int64_t t : tasks) selected[t] = 1;
+  const int64_t* cp = counts.const_data_ptr<int64_t>();
+  const int64_t s0 = counts.stride(0), s1 = counts.stride(1);
+  std::vector<int64_t> ends, base;
+  int64_t total = 0;
+  for (int64_t t = 0; t < num_tasks; ++t) {
+    if (!selected[t]) continue;
+    for (int64_t c = 0; c < num_classes; ++c) {
+      const int64_t fill = std::min(cp[t * s0 + c * s1], m);
+      if (fill == 0) continue;
+      total += fill;
+      ends.push_back(total);
+      base.push_back((t * num_classes + c) * m);
+    }
+  }
+  TORCH_CHECK_VALUE(total > 0, "cannot sample: tasks ", tasks, " hold no examples");
+
+  const at::Tensor u = at::rand({n}, generator, counts.options().dtype(at::kDouble));
+  at::Tensor out = at::empty({n}, counts.options().dtype(at::kLong));
+  const double* up = u.const_data_ptr<double>();
+  int64_t* op = out.mutable_data_ptr<int64_t>();
+  const double total_d = static_cast<double>(total);
+  const bool one_ring = ends.size() == 1;
+  for (int64_t i = 0; i < n; ++i) {
+    // k = floor(U * N) clamped to N - 1, as the reference.
+    const int64_t kk = std::min(static_cast<int64_t>(std::floor(up[i] * total_d)), total - 1);
+    const size_t r =
+        one_ring ? 0 : std::upper_bound(ends.begin(), ends.end(), kk) - ends.begin();
+    const int64_t start = r == 0 ? 0 : ends[r - 1];
+    op[i] = base[r] + (kk - start);
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------- reservoir_insert_
+at::Tensor reservoir_insert_(const at::Tensor& data, const at::Tensor& labels,
+                             const at::Tensor& tasks, const at::Tensor& x, const at::Tensor& y,
+                             int64_t task, int64_t n_seen, std::optional<at::Generator> generator) {
+  // ---- checks (the order of fastcl/ops/reference.py), before any write ----
+  const int64_t cap = data.dim() >= 1 ? data.size(0) : 0;
+  TORCH_CHECK_VALUE(cap >= 1, "data must have at least one row (capacity >= 1), got shape ",
+                    data.sizes());
+  TORCH_CHECK_VALUE(labels.scalar_type() == at::kLong && labels.dim() == 1 && labels.size(0) == cap,
+                    "labels must be an int64 vector of length ", cap,
+                    " (the rows of data), got ", labels.scalar_type(), " ", labels.sizes());
+  TORCH_CHECK_VALUE(tasks.scalar_type() == at::kLong && tasks.dim() == 1 && tasks.size(0) == cap,
+                    "tasks must be an int64 vector of length ", cap, " (the rows of data), got ",
+                    tasks.scalar_type(), " ", tasks.sizes());
+  check_x_shape(x, data);
+  const int64_t b = x.size(0);
+  TORCH_CHECK_TYPE(x.scalar_type() == data.scalar_type(), "x has dtype ", x.scalar_type(),
+                   " but data has ", data.scalar_type());
+  TORCH_CHECK_VALUE(y.scalar_type() == at::kLong && y.dim() == 1 && y.size(0) == b,
+                    "y must be an int64 vector of length ", b, " (the batch size of x), got ",
+                    y.scalar_type(), " ", y.sizes());
+  TORCH_CHECK_VALUE(n_seen >= 0, "n_seen must be an int >= 0, got ", n_seen);
+  TORCH_CHECK_VALUE(task >= 0, "task must be an int >= 0, got ", task);
+  TORCH_CHECK_VALUE(x.device() == data.device() && y.device() == data.device() &&
+                        labels.device() == data.device() && tasks.device() == data.device(),
+                    "data, labels, tasks, x and y must be on one device; got data on ",
+                    data.device(), ", labels on ", labels.device(), ", tasks on ", tasks.device(),
+                    ", x on ", x.device(), ", y on ", y.device());
+  check_writable("data", data);
+  check_writable("labels", labels);
+  check_writable("tasks", tasks);
+  check_no_overlap("labels", labels, "tasks", tasks);
+
+  // ---- slots: algorithm R with the reference's B uniforms (drawn even when all are kept) ----
+  const at::Tensor u = at::rand({b}, generator, data.options().dtype(at::kDouble));
+  at::Tensor slots = at::empty({b}, data.options().dtype(at::kLong));
+  if (b == 0) return slots;
+  const double* up = u.const_data_ptr<double>();
+  int64_t* sp = slots.mutable_data_ptr<int64_t>();
+  for (int64_t i = 0; i < b; ++i) sp[i] = k::reservoir_slot(n_seen + i, up[i], cap);
+
+  // Labels are read before anything is written (y may be a view of labels or tasks).
+  const int64_t* yp = y.const_data_ptr<int64_t>();
+  const int64_t ys = y.stride(0);
+  std::vector<int64_t> yv(b);
+  for (int64_t i = 0; i < b; ++i) yv[i] = yp[i * ys];
+  const at::Tensor src = source_rows(x, data);
+
+  int64_t* lp = labels.mutable_data_ptr<int64_t>();
+  int64_t* tp = tasks.mutable_data_ptr<int64_t>();
+  const int64_t ls = labels.stride(0), ts = tasks.stride(0);
+  std::vector<int64_t> src_row, dst_row;
+  src_row.reserve(b);
+  dst_row.reserve(b);
+  for (int64_t i = 0; i < b; ++i) {
+    if (sp[i] < 0) continue;
+    lp[sp[i] * ls] = yv[i];
+    tp[sp[i] * ts] = task;
+    src_row.push_back(i);
+    dst_row.push_back(sp[i]);
+  }
+  // Two examples of the batch may draw one slot: the later one wins, as one by one. Drop the
+  // earlier ones so the row copies have distinct destinations.
+  const int64_t kept = static_cast<int64_t>(dst_row.size());
+  if (kept > 1 && n_seen + b > cap) {
+    std::vector<int64_t> s2, d2;
+    s2.reserve(kept);
+    d2.reserve(kept);
+    std::unordered_set<int64_t> taken;
+    const bool small = kept <= 64;  // a linear scan of d2 beats a hash set for small batches
+    if (!small) taken.reserve(kept * 2);
+    for (int64_t i = kept - 1; i >= 0; --i) {
+      const bool fresh = small ? std::find(d2.begin(), d2.end(), dst_row[i]) == d2.end()
+                               : taken.insert(dst_row[i]).second;
+      if (fresh) {
+        s2.push_back(src_row[i]);
+        d2.push_back(dst_row[i]);
+      }
+    }
+    src_row.swap(s2);
+    dst_row.swap(d2);
+  }
+  copy_rows(data, src, src_row, dst_row);
+  return slots;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastcl, CPU, m) {
+  m.impl("ring_insert_", &ring_insert_);
+  m.impl("ring_sample", &ring_sample);
+  m.impl("reservoir_insert_", &reservoir_insert_);
+}
+
+}  // namespace cpu
+}  // namespace fastcl
