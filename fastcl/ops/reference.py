@@ -117,6 +117,51 @@ def _check_prox(params, grads, anchors, importance, lr, prox):
     return params, grads, anchors, importance, lr, prox
 
 
+def _check_taylor(importance, grads, params, decay):
+    importance = _check_list("importance", importance)
+    grads = _check_list("grads", grads)
+    params = _check_list("params", params)
+    decay = _check_real("decay", decay, low=0.0, high=1.0)
+    _check_group(["importance", "grads", "params"], [importance, grads, params])
+    return importance, grads, params, decay
+
+
+def _check_lr_mode(lr_mode):
+    if isinstance(lr_mode, bool) or not isinstance(lr_mode, int) or lr_mode not in (0, 1):
+        raise ValueError(f"lr_mode must be 0 (paper) or 1 (stabilised), got {lr_mode!r}")
+    return int(lr_mode)
+
+
+def _check_emcl(params, fast_params, importance, meta_lrs, grads, lam, decay, r, lr_mode, alpha0, eps):
+    params = _check_list("params", params)
+    fast_params = _check_list("fast_params", fast_params)
+    importance = _check_list("importance", importance)
+    meta_lrs = _check_list("meta_lrs", meta_lrs)
+    grads = _check_list("grads", grads)
+    lam = _check_real("lam", lam, low=0.0)
+    decay = _check_real("decay", decay, low=0.0, high=1.0)
+    r = _check_real("r", r, low=0.0)
+    alpha0 = _check_real("alpha0", alpha0, low=0.0)
+    eps = _check_real("eps", eps, low=0.0)
+    lr_mode = _check_lr_mode(lr_mode)
+    _check_group(["params", "fast_params", "importance", "meta_lrs", "grads"],
+                 [params, fast_params, importance, meta_lrs, grads])
+    return params, fast_params, importance, meta_lrs, grads, lam, decay, r, lr_mode, alpha0, eps
+
+
+def _check_shift(phi, thetas, meta_lr, shift):
+    phi = _check_list("phi", phi)
+    thetas = _check_list("thetas", thetas)
+    meta_lr = _check_real("meta_lr", meta_lr, low=0.0)
+    if not isinstance(shift, bool):
+        raise TypeError(f"shift must be a bool, got {type(shift).__name__}")
+    _check_group(["phi", "thetas"], [phi, thetas], lead=1)
+    for i, th in enumerate(thetas):
+        if th.shape[0] < 1:
+            raise ValueError(f"thetas[{i}] has T = 0 task learners; expected T >= 1")
+    return phi, thetas, meta_lr, shift
+
+
 def _prox_expr(p, g, a, h, lr, prox):
     if a is None:
         return p - lr * g
@@ -174,11 +219,7 @@ def taylor_importance_(importance, grads, params, decay: float) -> None:
         params: theta, shapes of ``importance``.
         decay: eta in Eq. 7, in [0, 1].
     """
-    importance = _check_list("importance", importance)
-    grads = _check_list("grads", grads)
-    params = _check_list("params", params)
-    decay = _check_real("decay", decay, low=0.0, high=1.0)
-    _check_group(["importance", "grads", "params"], [importance, grads, params])
+    importance, grads, params, decay = _check_taylor(importance, grads, params, decay)
     new = [decay * h + (1 - decay) * (g * p).abs() for h, g, p in zip(importance, grads, params)]
     with torch.no_grad():
         for h, n in zip(importance, new):
@@ -218,20 +259,8 @@ def emcl_meta_step_(params, fast_params, importance, meta_lrs, grads, lam: float
         alpha0: initial meta learning rate (only used by the stabilised mode), >= 0.
         eps: added to h in the denominator of Eq. 8, >= 0.
     """
-    params = _check_list("params", params)
-    fast_params = _check_list("fast_params", fast_params)
-    importance = _check_list("importance", importance)
-    meta_lrs = _check_list("meta_lrs", meta_lrs)
-    grads = _check_list("grads", grads)
-    lam = _check_real("lam", lam, low=0.0)
-    decay = _check_real("decay", decay, low=0.0, high=1.0)
-    r = _check_real("r", r, low=0.0)
-    alpha0 = _check_real("alpha0", alpha0, low=0.0)
-    eps = _check_real("eps", eps, low=0.0)
-    if lr_mode not in (0, 1) or isinstance(lr_mode, bool):
-        raise ValueError(f"lr_mode must be 0 (paper) or 1 (stabilised), got {lr_mode!r}")
-    _check_group(["params", "fast_params", "importance", "meta_lrs", "grads"],
-                 [params, fast_params, importance, meta_lrs, grads])
+    params, fast_params, importance, meta_lrs, grads, lam, decay, r, lr_mode, alpha0, eps = _check_emcl(
+        params, fast_params, importance, meta_lrs, grads, lam, decay, r, lr_mode, alpha0, eps)
     new_p, new_h, new_a = [], [], []
     for p, pk, h, a, g in zip(params, fast_params, importance, meta_lrs, grads):
         meta_grad = lam * h * (p - pk)
@@ -260,15 +289,7 @@ def trajectory_shift_(phi, thetas, meta_lr: float, shift: bool = True) -> None:
         meta_lr: beta, >= 0.
         shift: apply the shift to the trajectories (CTS) or not (Reptile).
     """
-    phi = _check_list("phi", phi)
-    thetas = _check_list("thetas", thetas)
-    meta_lr = _check_real("meta_lr", meta_lr, low=0.0)
-    if not isinstance(shift, bool):
-        raise TypeError(f"shift must be a bool, got {type(shift).__name__}")
-    _check_group(["phi", "thetas"], [phi, thetas], lead=1)
-    for i, th in enumerate(thetas):
-        if th.shape[0] < 1:
-            raise ValueError(f"thetas[{i}] has T = 0 task learners; expected T >= 1")
+    phi, thetas, meta_lr, shift = _check_shift(phi, thetas, meta_lr, shift)
     deltas = [meta_lr * (th.mean(0) - p) for p, th in zip(phi, thetas)]
     with torch.no_grad():
         for p, th, d in zip(phi, thetas, deltas):
