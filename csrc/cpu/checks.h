@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 #include <ATen/MemoryOverlap.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -15,6 +17,11 @@ struct NamedList {
   at::TensorList tensors;
   bool lead = false;  // carries one extra leading dimension (T) over the reference list
 };
+
+// "torch.float64", as Python prints a dtype (and as the reference's messages say).
+inline std::string dtype_name(at::ScalarType t) {
+  return "torch." + std::string(c10::getDtypeNames(t).first);
+}
 
 inline bool is_float_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
@@ -36,9 +43,10 @@ inline void check_lists(const std::vector<NamedList>& lists) {
       const at::Tensor& t = l.tensors[i];
       TORCH_CHECK_VALUE(t.defined(), l.name, "[", i, "] is undefined");
       TORCH_CHECK_TYPE(is_float_dtype(t.scalar_type()), l.name, "[", i, "] has dtype ",
-                       t.scalar_type(), "; expected a floating dtype");
-      TORCH_CHECK_TYPE(t.scalar_type() == dtype, l.name, "[", i, "] has dtype ", t.scalar_type(),
-                       " but ", ref.name, "[0] has ", dtype);
+                       dtype_name(t.scalar_type()), "; expected a floating dtype");
+      TORCH_CHECK_TYPE(t.scalar_type() == dtype, l.name, "[", i, "] has dtype ",
+                       dtype_name(t.scalar_type()), " but ", ref.name, "[0] has ",
+                       dtype_name(dtype));
       TORCH_CHECK_VALUE(t.device() == device, l.name, "[", i, "] is on ", t.device(), " but ",
                         ref.name, "[0] is on ", device);
     }
@@ -60,19 +68,60 @@ inline void check_lists(const std::vector<NamedList>& lists) {
   }
 }
 
-// A written tensor may be the very same memory as an input of its index (in place), but not
-// partly overlap it, and must not overlap itself (expanded views).
-inline void check_writable(const char* name, at::TensorList out,
-                           const std::vector<NamedList>& inputs) {
-  for (size_t i = 0; i < out.size(); ++i) {
-    TORCH_CHECK_VALUE(at::has_internal_overlap(out[i]) != at::MemOverlap::Yes, name, "[", i,
-                      "] has internally overlapping memory (an expanded view?); it cannot be "
-                      "written in place");
-    for (const auto& in : inputs) {
-      if (in.lead || i >= in.tensors.size()) continue;
-      const auto st = at::get_overlap_status(out[i], in.tensors[i]);
-      TORCH_CHECK_VALUE(st != at::MemOverlapStatus::Partial, name, "[", i, "] and ", in.name, "[",
-                        i, "] partially overlap in memory; only full aliasing is supported");
+// Memory aliasing of the tensor arguments of one call. A written tensor may be the very same
+// memory (same start, shape and strides) as a *read* argument of its own index: that is an
+// in-place update (a grad list that is the param list). Any other overlap of a written tensor,
+// with a read tensor of another index, with another written tensor (the same tensor twice in
+// a list, or importance that is meta_lrs), or a partial overlap, makes the result depend on the
+// order the elements are written in: rejected. A written tensor must not overlap itself
+// (expanded views). Views that are neither contiguous nor a permutation of a contiguous tensor
+// ("too hard" for at::get_overlap_status) are accepted: the kernels stage them into contiguous
+// copies before any write. Cost: one sort of the byte ranges, O(n log n) for disjoint tensors.
+inline void check_aliasing(const std::vector<NamedList>& written,
+                           const std::vector<NamedList>& read) {
+  struct Entry {
+    const char* name;
+    size_t index;
+    bool written;
+    const at::Tensor* t;
+    uintptr_t begin, end;
+  };
+  std::vector<Entry> entries;
+  auto add = [&](const NamedList& l, bool w) {
+    for (size_t i = 0; i < l.tensors.size(); ++i) {
+      const at::Tensor& t = l.tensors[i];
+      if (w) {
+        TORCH_CHECK_VALUE(at::has_internal_overlap(t) != at::MemOverlap::Yes, l.name, "[", i,
+                          "] has internally overlapping memory (an expanded view?); it cannot be "
+                          "written in place");
+      }
+      if (t.numel() == 0 || !t.has_storage()) continue;
+      int64_t span = 1;
+      for (int64_t d = 0; d < t.dim(); ++d) span += (t.size(d) - 1) * t.stride(d);
+      const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+      entries.push_back({l.name, i, w, &t, begin, begin + uintptr_t(span) * t.element_size()});
+    }
+  };
+  for (const auto& l : written) add(l, true);
+  for (const auto& l : read) add(l, false);
+  std::sort(entries.begin(), entries.end(),
+            [](const Entry& x, const Entry& y) { return x.begin < y.begin; });
+  for (size_t k = 0; k < entries.size(); ++k) {
+    const Entry& x = entries[k];
+    for (size_t m = k + 1; m < entries.size() && entries[m].begin < x.end; ++m) {
+      const Entry& y = entries[m];
+      if (!x.written && !y.written) continue;
+      const auto st = at::get_overlap_status(*x.t, *y.t);
+      if (st == at::MemOverlapStatus::No || st == at::MemOverlapStatus::TooHard) continue;
+      const bool in_place = st == at::MemOverlapStatus::Full && x.index == y.index &&
+                            x.written != y.written;
+      const Entry& w = x.written ? x : y;  // name the written tensor first
+      const Entry& o = x.written ? y : x;
+      TORCH_CHECK_VALUE(in_place, w.name, "[", w.index, "] and ", o.name, "[", o.index, "] ",
+                        st == at::MemOverlapStatus::Full ? "are the same memory"
+                                                         : "partially overlap in memory",
+                        "; a written tensor may only alias a read argument of its own index "
+                        "(in place), entirely");
     }
   }
 }

@@ -120,7 +120,7 @@ void prox_sgd_(at::TensorList params, at::TensorList grads, OptList anchors, Opt
     inputs.push_back({"anchors", *anchors});
     inputs.push_back({"importance", *importance});
   }
-  check_writable("params", params, inputs);
+  check_aliasing({{"params", params}}, inputs);
   // Stage the inputs before the outputs: a strided param that is also its own grad is read
   // from its copy, never from half-written memory.
   const auto g = stage_all(grads);
@@ -157,7 +157,7 @@ void taylor_importance_(at::TensorList importance, at::TensorList grads, at::Ten
                         double decay) {
   check_real("decay", decay, 0.0, 1.0);
   check_lists({{"importance", importance}, {"grads", grads}, {"params", params}});
-  check_writable("importance", importance, {{"grads", grads}, {"params", params}});
+  check_aliasing({{"importance", importance}}, {{"grads", grads}, {"params", params}});
   if (importance.empty()) return;
   const auto g = stage_all(grads);
   const auto p = stage_all(params);
@@ -193,14 +193,8 @@ void emcl_meta_step_(at::TensorList params, at::TensorList fast_params, at::Tens
                {"importance", importance},
                {"meta_lrs", meta_lrs},
                {"grads", grads}});
-  const std::vector<NamedList> all{{"params", params},
-                                   {"fast_params", fast_params},
-                                   {"importance", importance},
-                                   {"meta_lrs", meta_lrs},
-                                   {"grads", grads}};
-  check_writable("params", params, all);
-  check_writable("importance", importance, all);
-  check_writable("meta_lrs", meta_lrs, all);
+  check_aliasing({{"params", params}, {"importance", importance}, {"meta_lrs", meta_lrs}},
+                 {{"fast_params", fast_params}, {"grads", grads}});
   if (params.empty()) return;
   const auto pk = stage_all(fast_params);
   const auto g = stage_all(grads);
@@ -238,8 +232,11 @@ void trajectory_shift_(at::TensorList phi, at::TensorList thetas, double meta_lr
                       "] has T = 0 task learners; expected T >= 1");
     max_t = std::max(max_t, thetas[i].size(0));
   }
-  check_writable("phi", phi, {});
-  check_writable("thetas", thetas, {});
+  if (shift) {
+    check_aliasing({{"phi", phi}, {"thetas", thetas}}, {});
+  } else {
+    check_aliasing({{"phi", phi}}, {{"thetas", thetas}});
+  }
   if (phi.empty()) return;
   const auto p = stage_all(phi);
   const auto th = stage_all(thetas);

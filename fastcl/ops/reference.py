@@ -98,6 +98,75 @@ def _check_real(name: str, value, *, low=None, high=None):
     return value
 
 
+def _dense(t: Tensor) -> bool:
+    """Non-overlapping and dense: a permutation of a contiguous tensor (size-1 dims aside)."""
+    expected = 1
+    for stride, size in sorted((st, n) for st, n in zip(t.stride(), t.shape) if n != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _overlap(a: Tensor, b: Tensor) -> str:
+    """"full", "partial", "no" or "too hard" (as ATen's get_overlap_status)."""
+    if a is b:
+        return "full"
+    if a.numel() == 0 or b.numel() == 0:
+        return "no"
+    if not (_dense(a) and _dense(b)):
+        return "too hard"
+    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return "no"
+    a0, b0 = a.data_ptr(), b.data_ptr()
+    a1, b1 = a0 + a.numel() * a.element_size(), b0 + b.numel() * b.element_size()
+    if (a0, a1) == (b0, b1):
+        return "full" if a.stride() == b.stride() else "partial"
+    return "partial" if a0 < b1 and b0 < a1 else "no"
+
+
+def _check_aliasing(written, read=()):
+    """Memory aliasing of one call's tensors (``written`` / ``read``: (name, list) pairs).
+
+    A written tensor may be the very same memory as a *read* argument of its own index (an
+    in-place update: a grad list that is the param list). Any other overlap of a written
+    tensor (with a read tensor of another index, with another written tensor, partially) makes
+    the result depend on the order of the writes, and is rejected; so is a written tensor that
+    overlaps itself (an expanded view). Strided views that are not a permutation of a
+    contiguous block are not compared ("too hard"). Called on real tensors only (it reads
+    data pointers), so not from the fake kernels.
+    """
+    entries = []
+    for is_written, pairs in ((True, written), (False, read)):
+        for name, lst in pairs:
+            for i, t in enumerate(lst):
+                if is_written and any(st == 0 and n > 1 for st, n in zip(t.stride(), t.shape)):
+                    raise ValueError(f"{name}[{i}] has internally overlapping memory (an expanded view?); "
+                                     "it cannot be written in place")
+                if t.numel() == 0 or t.device.type == "meta":
+                    continue
+                span = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
+                begin = t.data_ptr()
+                entries.append((begin, begin + span * t.element_size(), name, i, is_written, t))
+    entries.sort(key=lambda e: e[0])
+    for k, (_, end, xname, xi, xw, x) in enumerate(entries):
+        for begin, _, yname, yi, yw, y in entries[k + 1:]:
+            if begin >= end:
+                break
+            if not (xw or yw):
+                continue
+            status = _overlap(x, y)
+            if status in ("no", "too hard"):
+                continue
+            if status == "full" and xi == yi and xw != yw:
+                continue
+            what = "are the same memory" if status == "full" else "partially overlap in memory"
+            if not xw:  # name the written tensor first
+                xname, xi, yname, yi = yname, yi, xname, xi
+            raise ValueError(f"{xname}[{xi}] and {yname}[{yi}] {what}; a written tensor may only alias a "
+                             "read argument of its own index (in place), entirely")
+
+
 def _check_prox(params, grads, anchors, importance, lr, prox):
     params = _check_list("params", params)
     grads = _check_list("grads", grads)
@@ -186,6 +255,8 @@ def prox_sgd_(params, grads, anchors, importance, lr: float, prox: float) -> Non
         prox: gamma*lambda, >= 0.
     """
     params, grads, anchors, importance, lr, prox = _check_prox(params, grads, anchors, importance, lr, prox)
+    _check_aliasing([("params", params)],
+                    [("grads", grads)] + ([("anchors", anchors), ("importance", importance)] if anchors else []))
     new = [
         _prox_expr(p, g, None if anchors is None else anchors[i], None if importance is None else importance[i], lr, prox)
         for i, (p, g) in enumerate(zip(params, grads))
@@ -220,6 +291,7 @@ def taylor_importance_(importance, grads, params, decay: float) -> None:
         decay: eta in Eq. 7, in [0, 1].
     """
     importance, grads, params, decay = _check_taylor(importance, grads, params, decay)
+    _check_aliasing([("importance", importance)], [("grads", grads), ("params", params)])
     new = [decay * h + (1 - decay) * (g * p).abs() for h, g, p in zip(importance, grads, params)]
     with torch.no_grad():
         for h, n in zip(importance, new):
@@ -261,6 +333,8 @@ def emcl_meta_step_(params, fast_params, importance, meta_lrs, grads, lam: float
     """
     params, fast_params, importance, meta_lrs, grads, lam, decay, r, lr_mode, alpha0, eps = _check_emcl(
         params, fast_params, importance, meta_lrs, grads, lam, decay, r, lr_mode, alpha0, eps)
+    _check_aliasing([("params", params), ("importance", importance), ("meta_lrs", meta_lrs)],
+                    [("fast_params", fast_params), ("grads", grads)])
     new_p, new_h, new_a = [], [], []
     for p, pk, h, a, g in zip(params, fast_params, importance, meta_lrs, grads):
         meta_grad = lam * h * (p - pk)
@@ -290,6 +364,10 @@ def trajectory_shift_(phi, thetas, meta_lr: float, shift: bool = True) -> None:
         shift: apply the shift to the trajectories (CTS) or not (Reptile).
     """
     phi, thetas, meta_lr, shift = _check_shift(phi, thetas, meta_lr, shift)
+    if shift:
+        _check_aliasing([("phi", phi), ("thetas", thetas)])
+    else:
+        _check_aliasing([("phi", phi)], [("thetas", thetas)])
     deltas = [meta_lr * (th.mean(0) - p) for p, th in zip(phi, thetas)]
     with torch.no_grad():
         for p, th, d in zip(phi, thetas, deltas):
