@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import event, given, strategies as st
 import torch
 
 import fastcl.ops as F
@@ -322,3 +323,60 @@ def test_allowed_aliasing(impl):
     for p, e in zip(params, expected):
         torch.testing.assert_close(p, e, rtol=1e-6, atol=1e-6)
     assert not torch.equal(flat, flat_before)
+
+
+def _pool(seed):
+    """Tensors of shape (4,): four independent ones and three views of one buffer of 8, two of
+    which partially overlap the third ([0:4], [2:6], [4:8])."""
+    g = torch.Generator().manual_seed(seed)
+    own = [torch.rand(4, generator=g) + 0.1 for _ in range(4)]
+    buf = torch.rand(8, generator=g) + 0.1
+    return own + [buf[0:4], buf[2:6], buf[4:8]], own + [buf]
+
+
+@given(op=st.sampled_from(["prox_sgd_", "taylor_importance_", "emcl_meta_step_"]),
+       n=st.integers(1, 4), picks=st.lists(st.integers(0, 6), min_size=20, max_size=20),
+       seed=st.integers(0, 1000))
+def test_random_aliasing_agrees_with_reference(op, n, picks, seed):
+    """Lists drawn from a small pool of tensors (so with every kind of aliasing): the fused op
+    and the reference both reject the call (ValueError, nothing changed) or both accept it with
+    the same result."""
+    results = []
+    for impl in (F, R):
+        pool, storages = _pool(seed)
+        args = valid(op)
+        for j, name in enumerate(LISTS[op]):
+            args[name] = [pool[picks[(j * n + i) % len(picks)]] for i in range(n)]
+        before = [s.clone() for s in storages]
+        try:
+            call(impl, op, args)
+            results.append(("ok", storages))
+        except ValueError as e:
+            assert "memory" in str(e)
+            for s, b in zip(storages, before):
+                assert_same(s, b, "a tensor of a rejected call")
+            results.append(("rejected", None))
+    (kf, sf), (kr, sr) = results
+    assert kf == kr, f"fused {kf}, reference {kr}"
+    event(kf)
+    if kf == "ok":
+        for a, b in zip(sf, sr):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_expanded_read_only_inputs_are_accepted(impl):
+    """Arguments that are only read may be expanded (stride-0) views: thetas with shift=False,
+    grads / anchors / importance of prox_sgd_. They are read, never written back."""
+    torch.manual_seed(0)
+    phi = [torch.randn(2, 5)]
+    thetas = [torch.randn(2, 5).expand(3, 2, 5)]
+    expected = [phi[0] + 0.5 * (thetas[0][0] - phi[0])]
+    impl.trajectory_shift_(phi, thetas, 0.5, False)
+    torch.testing.assert_close(phi[0], expected[0], rtol=1e-6, atol=1e-6)
+
+    p = [torch.randn(3, 4)]
+    g, a, h = (torch.randn(4).expand(3, 4) for _ in range(3))
+    want = R.prox_sgd([p[0].clone()], [g.clone()], [a.clone()], [h.abs().clone()], 0.1, 0.5)
+    impl.prox_sgd_(p, [g], [a], [h.abs()], 0.1, 0.5)
+    torch.testing.assert_close(p[0], want[0], rtol=1e-6, atol=1e-6)

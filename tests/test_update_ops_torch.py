@@ -245,3 +245,22 @@ def test_compile_rejects_bad_input_at_trace_time():
 
     with pytest.raises(Exception, match=r"grads\[0\] has shape"):
         torch.compile(step, backend="aot_eager", fullgraph=True)([torch.randn(3)], [torch.randn(4)])
+
+
+def test_trajectory_shift_vmap_shared_thetas_without_shift():
+    """shift=False reads thetas only: one unbatched trajectory shared by all B meta-learners."""
+    torch.manual_seed(7)
+    B, T = 3, 4
+    phi = torch.randn(B, 2, 5)
+    thetas = torch.randn(T, 2, 5)
+    phi_r, thetas_before = phi.clone(), thetas.clone()
+
+    def f(ph):
+        F.trajectory_shift_([ph], [thetas], 0.5, False)
+        return ph
+
+    torch.func.vmap(f)(phi)
+    for b in range(B):
+        R.trajectory_shift_([phi_r[b]], [thetas_before.clone()], 0.5, False)
+    torch.testing.assert_close(phi, phi_r, rtol=1e-6, atol=1e-6)
+    assert torch.equal(thetas, thetas_before)

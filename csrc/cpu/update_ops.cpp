@@ -256,7 +256,7 @@ void trajectory_shift_(at::TensorList phi, at::TensorList thetas, double meta_lr
     });
   });
   unstage(p);
-  unstage(th);
+  if (shift) unstage(th);  // shift=False only reads thetas: never write them back
 }
 
 }  // namespace
