@@ -264,3 +264,61 @@ def test_trajectory_shift_vmap_shared_thetas_without_shift():
         R.trajectory_shift_([phi_r[b]], [thetas_before.clone()], 0.5, False)
     torch.testing.assert_close(phi, phi_r, rtol=1e-6, atol=1e-6)
     assert torch.equal(thetas, thetas_before)
+
+
+# --------------------------------------------------------------------------- version counters
+WRITTEN = {
+    "prox_sgd_": ["params"],
+    "taylor_importance_": ["importance"],
+    "emcl_meta_step_": ["params", "importance", "meta_lrs"],
+    "trajectory_shift_": ["phi", "thetas"],
+}
+
+
+def version_args(op, shift=True):
+    torch.manual_seed(8)
+    if op == "prox_sgd_":
+        return dict(params=lst(), grads=lst(), anchors=lst(), importance=lst(nonneg=True), lr=0.1, prox=0.5)
+    if op == "taylor_importance_":
+        return dict(importance=lst(nonneg=True), grads=lst(), params=lst(), decay=0.9)
+    if op == "emcl_meta_step_":
+        return dict(params=lst(), fast_params=lst(), importance=lst(nonneg=True), meta_lrs=lst(nonneg=True),
+                    grads=lst(), lam=0.5, decay=0.9, r=0.1, lr_mode=1, alpha0=0.01, eps=1e-3)
+    return dict(phi=lst(), thetas=lst(lead=(2,)), meta_lr=0.3, shift=shift)
+
+
+@pytest.mark.parametrize("impl", [F, R], ids=["fused", "reference"])
+@pytest.mark.parametrize("op,shift", [(op, True) for op in WRITTEN] + [("trajectory_shift_", False)])
+def test_version_counters(impl, op, shift):
+    """The autograd version counter of every written tensor is bumped (so autograd detects a
+    tensor saved for backward that the op modified); read-only tensors keep theirs."""
+    args = version_args(op, shift)
+    written = set(WRITTEN[op]) - ({"thetas"} if not shift else set())
+    before = {k: [t._version for t in v] for k, v in args.items() if isinstance(v, list)}
+    getattr(impl, op)(**args)
+    for k, vs in before.items():
+        after = [t._version for t in args[k]]
+        if k in written:
+            assert all(a > b for a, b in zip(after, vs)), (k, vs, after)
+        else:
+            assert after == vs, (k, vs, after)
+
+
+@pytest.mark.parametrize("impl", [F, R], ids=["fused", "reference"])
+def test_backward_detects_inplace_update_of_saved_tensor(impl):
+    x = torch.randn(3, requires_grad=True)
+    w = x * 1
+    loss = (w * w).sum()  # saves w
+    impl.prox_sgd_([w], [torch.ones(3)], None, None, 0.1, 0.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_rejected_call_keeps_versions():
+    p, g = lst(), lst()
+    before = [t._version for t in p]
+    with pytest.raises(ValueError):
+        F.prox_sgd_(p, g, None, None, -1.0, 0.0)
+    with pytest.raises(ValueError):
+        F.prox_sgd_(p, g[:2], None, None, 0.1, 0.0)
+    assert [t._version for t in p] == before

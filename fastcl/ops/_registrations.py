@@ -125,3 +125,4 @@ def _shift_vmap(info, in_dims, phi, thetas, meta_lr, shift):
         theta_b.append(th.movedim(0, 1))  # [T, B, *S] view of the same memory
     torch.ops.fastcl.trajectory_shift_(phi_b, theta_b, meta_lr, shift)
     return None, None
+
