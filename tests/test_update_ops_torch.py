@@ -322,3 +322,19 @@ def test_rejected_call_keeps_versions():
     with pytest.raises(ValueError):
         F.prox_sgd_(p, g[:2], None, None, 0.1, 0.0)
     assert [t._version for t in p] == before
+
+
+@pytest.mark.parametrize("impl", [F, R], ids=["fused", "reference"])
+def test_inference_tensor_outside_inference_mode_is_rejected_unchanged(impl):
+    with torch.inference_mode():
+        p = [torch.randn(3), torch.randn(4)]
+    g = [torch.randn(3), torch.randn(4)]
+    before = [t.clone() for t in p]
+    with pytest.raises(ValueError, match=r"params\[0\] is an inference tensor"):
+        impl.prox_sgd_(p, g, None, None, 0.1, 0.0)
+    for t, b in zip(p, before):
+        assert torch.equal(t, b)
+    with torch.inference_mode():  # inside inference mode it is an ordinary update
+        impl.prox_sgd_(p, g, None, None, 0.1, 0.0)
+        for t, b, gg in zip(p, before, g):
+            torch.testing.assert_close(t, b - 0.1 * gg)

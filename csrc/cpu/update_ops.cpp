@@ -275,6 +275,16 @@ inline void bump(at::TensorList ts) {
   for (const auto& t : ts) t.unsafeGetTensorImpl()->bump_version();
 }
 
+// bump() after the kernel would raise for an inference tensor outside InferenceMode (it has
+// no version counter), once the kernel has written it: check first, so the call changes nothing.
+inline void check_versioned(const char* name, at::TensorList ts) {
+  if (c10::InferenceMode::is_enabled()) return;
+  for (size_t i = 0; i < ts.size(); ++i)
+    TORCH_CHECK_VALUE(ts[i].unsafeGetTensorImpl()->version_counter().enabled(), name, "[", i,
+                "] is an inference tensor: an inplace update to an inference tensor outside "
+                "InferenceMode is not allowed (clone it outside InferenceMode first)");
+}
+
 template <typename Sig>
 c10::TypedOperatorHandle<Sig> handle(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
@@ -283,6 +293,7 @@ c10::TypedOperatorHandle<Sig> handle(const char* name) {
 void prox_sgd_(c10::DispatchKeySet ks, at::TensorList params, at::TensorList grads, OptList anchors,
                OptList importance, double lr, double prox) {
   static const auto op = handle<decltype(cpu::prox_sgd_)>("fastcl::prox_sgd_");
+  check_versioned("params", params);
   {
     at::AutoDispatchBelowADInplaceOrView guard;
     op.redispatch(ks & c10::after_ADInplaceOrView_keyset, params, grads, anchors, importance, lr,
@@ -294,6 +305,7 @@ void prox_sgd_(c10::DispatchKeySet ks, at::TensorList params, at::TensorList gra
 void taylor_importance_(c10::DispatchKeySet ks, at::TensorList importance, at::TensorList grads,
                         at::TensorList params, double decay) {
   static const auto op = handle<decltype(cpu::taylor_importance_)>("fastcl::taylor_importance_");
+  check_versioned("importance", importance);
   {
     at::AutoDispatchBelowADInplaceOrView guard;
     op.redispatch(ks & c10::after_ADInplaceOrView_keyset, importance, grads, params, decay);
@@ -306,6 +318,9 @@ void emcl_meta_step_(c10::DispatchKeySet ks, at::TensorList params, at::TensorLi
                      double lam, double decay, double r, int64_t lr_mode, double alpha0,
                      double eps) {
   static const auto op = handle<decltype(cpu::emcl_meta_step_)>("fastcl::emcl_meta_step_");
+  check_versioned("params", params);
+  check_versioned("importance", importance);
+  check_versioned("meta_lrs", meta_lrs);
   {
     at::AutoDispatchBelowADInplaceOrView guard;
     op.redispatch(ks & c10::after_ADInplaceOrView_keyset, params, fast_params, importance,
@@ -319,6 +334,8 @@ void emcl_meta_step_(c10::DispatchKeySet ks, at::TensorList params, at::TensorLi
 void trajectory_shift_(c10::DispatchKeySet ks, at::TensorList phi, at::TensorList thetas,
                        double meta_lr, bool shift) {
   static const auto op = handle<decltype(cpu::trajectory_shift_)>("fastcl::trajectory_shift_");
+  check_versioned("phi", phi);
+  if (shift) check_versioned("thetas", thetas);
   {
     at::AutoDispatchBelowADInplaceOrView guard;
     op.redispatch(ks & c10::after_ADInplaceOrView_keyset, phi, thetas, meta_lr, shift);

@@ -125,6 +125,18 @@ def _overlap(a: Tensor, b: Tensor) -> str:
     return "partial" if a0 < b1 and b0 < a1 else "no"
 
 
+def _check_versioned(written):
+    """Written tensors must have a version counter: an inference tensor can only be updated
+    inside InferenceMode (PyTorch's own in-place ops raise only after writing it)."""
+    if torch.is_inference_mode_enabled():
+        return
+    for name, lst in written:
+        for i, t in enumerate(lst):
+            if t.is_inference():
+                raise ValueError(f"{name}[{i}] is an inference tensor: an inplace update to an inference tensor "
+                                 "outside InferenceMode is not allowed (clone it outside InferenceMode first)")
+
+
 def _check_aliasing(written, read=()):
     """Memory aliasing of one call's tensors (``written`` / ``read``: (name, list) pairs).
 
@@ -136,6 +148,7 @@ def _check_aliasing(written, read=()):
     contiguous block are not compared ("too hard"). Called on real tensors only (it reads
     data pointers), so not from the fake kernels.
     """
+    _check_versioned(written)
     entries = []
     for is_written, pairs in ((True, written), (False, read)):
         for name, lst in pairs:
