@@ -210,14 +210,17 @@ def test_trajectory_shift_vmap_unbatched_phi_is_rejected():
 
 
 # --------------------------------------------------------------------------- torch.compile
+@pytest.mark.parametrize("impl", [F, R], ids=["fused", "reference"])
 @pytest.mark.parametrize("backend", ["eager", "aot_eager"])
-def test_compile_inplace_ops(backend):
+def test_compile_inplace_ops(backend, impl):
+    """fullgraph: the fused ops trace through their fake kernels; the references (the fallback
+    without the extension) trace too."""
     torch._dynamo.reset()
 
     def step(params, grads, anchors, importance, phi, thetas):
-        F.taylor_importance_(importance, grads, params, 0.9)
-        F.prox_sgd_(params, grads, anchors, importance, 0.1, 0.5)
-        F.trajectory_shift_(phi, thetas, 0.3, True)
+        impl.taylor_importance_(importance, grads, params, 0.9)
+        impl.prox_sgd_(params, grads, anchors, importance, 0.1, 0.5)
+        impl.trajectory_shift_(phi, thetas, 0.3, True)
         return [p * 2 for p in params]
 
     torch.manual_seed(6)
