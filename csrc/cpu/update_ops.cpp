@@ -281,8 +281,8 @@ inline void check_versioned(const char* name, at::TensorList ts) {
   if (c10::InferenceMode::is_enabled()) return;
   for (size_t i = 0; i < ts.size(); ++i)
     TORCH_CHECK_VALUE(ts[i].unsafeGetTensorImpl()->version_counter().enabled(), name, "[", i,
-                "] is an inference tensor: an inplace update to an inference tensor outside "
-                "InferenceMode is not allowed (clone it outside InferenceMode first)");
+                      "] is an inference tensor: an inplace update to an inference tensor "
+                      "outside InferenceMode is not allowed (clone it outside InferenceMode first)");
 }
 
 template <typename Sig>
