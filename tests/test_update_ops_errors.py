@@ -296,6 +296,11 @@ def aliasing_cases():
                        r"importance\[0\] and meta_lrs\[0\] are the same memory", id="meta_lrs is importance")
     yield pytest.param("trajectory_shift_", dict(phi=[th[0]], thetas=[th], meta_lr=0.5, shift=False),
                        r"overlap", id="phi is a row of thetas")
+    inter = torch.randn(12)
+    yield pytest.param("prox_sgd_", dict(params=[inter[0:6], inter[0::2]], grads=[torch.randn(6), torch.randn(6)],
+                                         anchors=None, importance=None, lr=0.1, prox=0.0),
+                       r"params\[[01]\] and params\[[01]\] are strided views of one storage",
+                       id="written strided views that may overlap")
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -310,14 +315,17 @@ def test_order_dependent_aliasing_is_rejected(impl, op, args, pattern):
 @pytest.mark.parametrize("impl", IMPLS)
 def test_allowed_aliasing(impl):
     """Accepted, and equal to the reference on unaliased copies: params that are disjoint views
-    of one flat buffer; interleaved strided views; grads that are the params through another
-    tensor object (detach / view) of the same memory."""
+    of one flat buffer; grads that are the params through another tensor object (detach) of the
+    same memory; a strided param whose grad is the interleaved strided view of the same buffer
+    and a contiguous param read as the grad of another index through a strided view ("too hard"
+    to compare, safe: strided operands are staged before any write)."""
     torch.manual_seed(0)
     flat = torch.randn(30)
-    params = [flat[0:12].view(3, 4), flat[12:17], flat[17:18].view(()), flat[18:30:2], flat[19:30:2]]
-    grads = [p.detach() for p in params[:3]] + [torch.randn(6), torch.randn(6)]
+    inter = torch.randn(12)
+    params = [flat[0:12].view(3, 4), flat[12:17], flat[17:18].view(()), inter[0::2], flat[24:30]]
+    grads = [p.detach() for p in params[:3]] + [inter[1::2], flat[12:24:2]]
     expected = [p.clone() for p in params]
-    R.prox_sgd_(expected, [e.clone() for e in expected[:3]] + grads[3:], None, None, 0.25, 0.0)
+    R.prox_sgd_(expected, [e.clone() for e in expected[:3]] + [g.clone() for g in grads[3:]], None, None, 0.25, 0.0)
     flat_before = flat.clone()
     impl.prox_sgd_(params, grads, None, None, 0.25, 0.0)
     for p, e in zip(params, expected):
@@ -326,16 +334,18 @@ def test_allowed_aliasing(impl):
 
 
 def _pool(seed):
-    """Tensors of shape (4,): four independent ones and three views of one buffer of 8, two of
-    which partially overlap the third ([0:4], [2:6], [4:8])."""
+    """Tensors of shape (4,): four independent ones; three views of one buffer of 8 ([0:4],
+    [2:6], [4:8]: partial overlaps); and three of another ([0::2], [1::2] interleaved, [2:6]
+    contiguous across both: "too hard" overlaps)."""
     g = torch.Generator().manual_seed(seed)
     own = [torch.rand(4, generator=g) + 0.1 for _ in range(4)]
     buf = torch.rand(8, generator=g) + 0.1
-    return own + [buf[0:4], buf[2:6], buf[4:8]], own + [buf]
+    buf2 = torch.rand(8, generator=g) + 0.1
+    return own + [buf[0:4], buf[2:6], buf[4:8], buf2[0::2], buf2[1::2], buf2[2:6]], own + [buf, buf2]
 
 
 @given(op=st.sampled_from(["prox_sgd_", "taylor_importance_", "emcl_meta_step_"]),
-       n=st.integers(1, 4), picks=st.lists(st.integers(0, 6), min_size=20, max_size=20),
+       n=st.integers(1, 4), picks=st.lists(st.integers(0, 9), min_size=20, max_size=20),
        seed=st.integers(0, 1000))
 def test_random_aliasing_agrees_with_reference(op, n, picks, seed):
     """Lists drawn from a small pool of tensors (so with every kind of aliasing): the fused op
@@ -352,7 +362,7 @@ def test_random_aliasing_agrees_with_reference(op, n, picks, seed):
             call(impl, op, args)
             results.append(("ok", storages))
         except ValueError as e:
-            assert "memory" in str(e)
+            assert "memory" in str(e) or "storage" in str(e)
             for s, b in zip(storages, before):
                 assert_same(s, b, "a tensor of a rejected call")
             results.append(("rejected", None))

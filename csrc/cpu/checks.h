@@ -75,8 +75,9 @@ inline void check_lists(const std::vector<NamedList>& lists) {
 // a list, or importance that is meta_lrs), or a partial overlap, makes the result depend on the
 // order the elements are written in: rejected. A written tensor must not overlap itself
 // (expanded views). Views that are neither contiguous nor a permutation of a contiguous tensor
-// ("too hard" for at::get_overlap_status) are accepted: the kernels stage them into contiguous
-// copies before any write. Cost: one sort of the byte ranges, O(n log n) for disjoint tensors.
+// ("too hard" for at::get_overlap_status) are accepted against read tensors (the kernels stage
+// them into contiguous copies before any write) but not against written ones when their byte
+// ranges intersect. Cost: one sort of the byte ranges, O(n log n) for disjoint tensors.
 inline void check_aliasing(const std::vector<NamedList>& written,
                            const std::vector<NamedList>& read) {
   struct Entry {
@@ -112,11 +113,20 @@ inline void check_aliasing(const std::vector<NamedList>& written,
       const Entry& y = entries[m];
       if (!x.written && !y.written) continue;
       const auto st = at::get_overlap_status(*x.t, *y.t);
-      if (st == at::MemOverlapStatus::No || st == at::MemOverlapStatus::TooHard) continue;
-      const bool in_place = st == at::MemOverlapStatus::Full && x.index == y.index &&
-                            x.written != y.written;
+      if (st == at::MemOverlapStatus::No) continue;
       const Entry& w = x.written ? x : y;  // name the written tensor first
       const Entry& o = x.written ? y : x;
+      if (st == at::MemOverlapStatus::TooHard) {
+        // A strided view and a tensor whose byte ranges intersect. Against a read tensor this
+        // is safe: one of the two is staged into a contiguous copy before any write. Two
+        // written ones would be written back in an order the reference does not follow.
+        TORCH_CHECK_VALUE(!(x.written && y.written), w.name, "[", w.index, "] and ", o.name, "[",
+                          o.index, "] are strided views of one storage whose byte ranges "
+                          "intersect; written tensors must be provably disjoint");
+        continue;
+      }
+      const bool in_place = st == at::MemOverlapStatus::Full && x.index == y.index &&
+                            x.written != y.written;
       TORCH_CHECK_VALUE(in_place, w.name, "[", w.index, "] and ", o.name, "[", o.index, "] ",
                         st == at::MemOverlapStatus::Full ? "are the same memory"
                                                          : "partially overlap in memory",

@@ -145,7 +145,8 @@ def _check_aliasing(written, read=()):
     tensor (with a read tensor of another index, with another written tensor, partially) makes
     the result depend on the order of the writes, and is rejected; so is a written tensor that
     overlaps itself (an expanded view). Strided views that are not a permutation of a
-    contiguous block are not compared ("too hard"). Called on real tensors only (it reads
+    contiguous block ("too hard" to compare) are accepted against read tensors, and rejected
+    against written ones whose byte range they intersect. Called on real tensors only (it reads
     data pointers), so not from the fake kernels, and skipped while torch.compile traces.
     """
     if torch.compiler.is_compiling():
@@ -171,13 +172,18 @@ def _check_aliasing(written, read=()):
             if not (xw or yw):
                 continue
             status = _overlap(x, y)
-            if status in ("no", "too hard"):
+            if status == "no":
+                continue
+            if not xw:  # name the written tensor first
+                xname, xi, yname, yi, xw, yw = yname, yi, xname, xi, yw, xw
+            if status == "too hard":
+                if xw and yw:
+                    raise ValueError(f"{xname}[{xi}] and {yname}[{yi}] are strided views of one storage whose "
+                                     "byte ranges intersect; written tensors must be provably disjoint")
                 continue
             if status == "full" and xi == yi and xw != yw:
                 continue
             what = "are the same memory" if status == "full" else "partially overlap in memory"
-            if not xw:  # name the written tensor first
-                xname, xi, yname, yi = yname, yi, xname, xi
             raise ValueError(f"{xname}[{xi}] and {yname}[{yi}] {what}; a written tensor may only alias a "
                              "read argument of its own index (in place), entirely")
 
