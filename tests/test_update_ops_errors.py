@@ -204,6 +204,40 @@ def test_bad_call(impl, op, mut, exc, pattern):
     expect_rejected(impl, op, args, exc, pattern)
 
 
+def _raised(impl, op, args):
+    try:
+        call(impl, op, args)
+    except (ValueError, TypeError) as e:
+        return type(e), str(e)
+    return None
+
+
+def _all_bad_calls():
+    for p in list_cases():
+        op, name, mut, _, _ = p.values
+        yield pytest.param(op, lambda a, mut=mut, name=name: mut(a, name), id=p.id)
+    for p in scalar_cases():
+        op, name, value, _, _ = p.values
+        yield pytest.param(op, lambda a, name=name, value=value: a.__setitem__(name, value), id=p.id)
+    for p in other_cases():
+        op, mut, _, _ = p.values
+        yield pytest.param(op, mut, id=p.id)
+
+
+@pytest.mark.parametrize("op,mut", list(_all_bad_calls()))
+def test_fused_and_reference_raise_the_same_error(op, mut):
+    """Same exception class and the very same message (shapes, dtypes and numbers printed the
+    Python way by the C++ checks too)."""
+    out = []
+    for impl in (F, R):
+        torch.manual_seed(0)
+        args = valid(op)
+        mut(args)
+        out.append(_raised(impl, op, args))
+    assert out[0] is not None
+    assert out[0] == out[1]
+
+
 # --------------------------------------------------------------------------- empty lists
 def empty(op):
     args = valid(op)

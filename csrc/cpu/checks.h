@@ -6,6 +6,8 @@
 #include <ATen/MemoryOverlap.h>
 
 #include <algorithm>
+#include <charconv>
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -21,6 +23,29 @@ struct NamedList {
 // "torch.float64", as Python prints a dtype (and as the reference's messages say).
 inline std::string dtype_name(at::ScalarType t) {
   return "torch." + std::string(c10::getDtypeNames(t).first);
+}
+
+// A shape as Python prints a tuple: "()", "(5,)", "(3, 4)" (as the reference's messages say).
+inline std::string shape_str(at::IntArrayRef s) {
+  std::string out = "(";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + (s.size() == 1 ? ",)" : ")");
+}
+
+// A double as Python's repr prints it: shortest round-trip digits ("1.0000001", not the
+// stream's "1"), "1.0" for integral values, scientific below 1e-4 and from 1e16 on.
+inline std::string py_float(double v) {
+  if (std::isnan(v)) return "nan";
+  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+  char buf[64];
+  auto sci = std::to_chars(buf, buf + sizeof(buf), v, std::chars_format::scientific);
+  std::string s(buf, sci.ptr);
+  const int exp10 = std::stoi(s.substr(s.find('e') + 1));
+  if (v != 0.0 && (exp10 < -4 || exp10 >= 16)) return s;  // "1e-05", "1.5e+20"
+  auto fix = std::to_chars(buf, buf + sizeof(buf), v, std::chars_format::fixed);
+  s.assign(buf, fix.ptr);
+  if (s.find('.') == std::string::npos) s += ".0";
+  return s;
 }
 
 inline bool is_float_dtype(at::ScalarType t) {
@@ -58,11 +83,12 @@ inline void check_lists(const std::vector<NamedList>& lists) {
       if (l.lead) {
         TORCH_CHECK_VALUE(t.dim() >= 1, l.name, "[", i,
                           "] must have a leading T dimension, got a scalar");
-        TORCH_CHECK_VALUE(t.sizes().slice(1) == want, l.name, "[", i, "] has shape ", t.sizes(),
-                          "; expected ", want, " with a leading T dimension");
+        TORCH_CHECK_VALUE(t.sizes().slice(1) == want, l.name, "[", i, "] has shape ",
+                          shape_str(t.sizes()), "; expected ", shape_str(want),
+                          " with a leading T dimension");
       } else {
-        TORCH_CHECK_VALUE(t.sizes() == want, l.name, "[", i, "] has shape ", t.sizes(),
-                          "; expected ", want);
+        TORCH_CHECK_VALUE(t.sizes() == want, l.name, "[", i, "] has shape ", shape_str(t.sizes()),
+                          "; expected ", shape_str(want));
       }
     }
   }
@@ -138,8 +164,8 @@ inline void check_aliasing(const std::vector<NamedList>& written,
 
 inline void check_real(const char* name, double v, double low, double high) {
   TORCH_CHECK_VALUE(!std::isnan(v), name, " must not be nan");
-  TORCH_CHECK_VALUE(v >= low, name, " must be >= ", low, ", got ", v);
-  TORCH_CHECK_VALUE(v <= high, name, " must be <= ", high, ", got ", v);
+  TORCH_CHECK_VALUE(v >= low, name, " must be >= ", py_float(low), ", got ", py_float(v));
+  TORCH_CHECK_VALUE(v <= high, name, " must be <= ", py_float(high), ", got ", py_float(v));
 }
 
 }  // namespace fastcl

@@ -75,7 +75,7 @@ void check_prox(at::TensorList params, at::TensorList grads, const OptList& anch
   check_real("prox", prox, 0.0, INFINITY);
   TORCH_CHECK_VALUE(anchors.has_value() == importance.has_value(),
                     "anchors and importance must both be given or both be None");
-  TORCH_CHECK_VALUE(anchors.has_value() || prox == 0.0, "prox=", prox,
+  TORCH_CHECK_VALUE(anchors.has_value() || prox == 0.0, "prox=", py_float(prox),
                     " needs anchors and importance (None is allowed only with prox=0)");
   std::vector<NamedList> lists{{"params", params}, {"grads", grads}};
   if (anchors) {

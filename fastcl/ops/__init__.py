@@ -46,7 +46,7 @@ if HAVE_EXT:
 def _lr_mode(lr_mode):
     if isinstance(lr_mode, str):
         if lr_mode not in LR_MODES:
-            raise ValueError(f"lr_mode must be one of {sorted(LR_MODES)}, got {lr_mode!r}")
+            raise ValueError(f"lr_mode must be 0 (paper) or 1 (stabilised), got {lr_mode!r}")
         return LR_MODES[lr_mode]
     return lr_mode
 
