@@ -51,12 +51,19 @@ def _lr_mode(lr_mode):
     return lr_mode
 
 
-def _dispatchable(lists, reals=(), ints=(), bools=(), optional=()) -> bool:
+def _dispatchable(lists, reals=(), ints=(), bools=(), optional=(), functorch_rule=False) -> bool:
     """Whether the fused op can take these arguments: every list a non-empty list / tuple
     (the dispatcher cannot dispatch an op with no tensor argument) and every scalar of the
     type of its schema. Anything else goes to the reference, which raises the documented
-    ValueError / TypeError naming the argument, or does nothing on valid empty lists."""
+    ValueError / TypeError naming the argument, or does nothing on valid empty lists.
+
+    Under torch.func transforms (grad, vmap, jacrev, ...) an op without a rule for them
+    (``functorch_rule``: trajectory_shift_ has a vmap rule) runs as its reference: a custom
+    op's autograd formula does not compose with torch.func, and the reference is the same
+    expression in plain PyTorch, which does."""
     if not HAVE_EXT:
+        return False
+    if not functorch_rule and not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
         return False
     for x in lists:
         if not isinstance(x, (list, tuple)) or not x:
@@ -116,7 +123,7 @@ def emcl_meta_step_(params, fast_params, importance, meta_lrs, grads, lam: float
 
 def trajectory_shift_(phi: Sequence[Tensor], thetas: Sequence[Tensor], meta_lr: float, shift: bool = True) -> None:
     """Fused Reptile meta step + trajectory shift (CTS Alg. 2, l. 11-13); see :func:`reference.trajectory_shift_`."""
-    if not _dispatchable((phi, thetas), (meta_lr,), (), (shift,)):
+    if not _dispatchable((phi, thetas), (meta_lr,), (), (shift,), functorch_rule=True):
         return reference.trajectory_shift_(phi, thetas, meta_lr, shift)
     _ops.trajectory_shift_(phi, thetas, meta_lr, shift)
 

@@ -152,6 +152,8 @@ def _check_aliasing(written, read=()):
     if torch.compiler.is_compiling():
         return  # data pointers and inference-ness are run-time facts: checked in eager only
     _check_versioned(written)
+    # torch.func wrappers (batched / grad-tracking tensors) have no storage to compare.
+    by_memory = not torch._C._are_functorch_transforms_active()
     entries = []
     for is_written, pairs in ((True, written), (False, read)):
         for name, lst in pairs:
@@ -159,7 +161,7 @@ def _check_aliasing(written, read=()):
                 if is_written and any(st == 0 and n > 1 for st, n in zip(t.stride(), t.shape)):
                     raise ValueError(f"{name}[{i}] has internally overlapping memory (an expanded view?); "
                                      "it cannot be written in place")
-                if t.numel() == 0 or t.device.type == "meta":
+                if not by_memory or t.numel() == 0 or t.device.type == "meta":
                     continue
                 span = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
                 begin = t.data_ptr()
