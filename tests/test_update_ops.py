@@ -23,6 +23,7 @@ from fastcl.ops import reference as R
 from update_ops_helpers import (
     FLOATS,
     LAYOUTS,
+    UNIT,
     assert_matches,
     assert_same,
     check_outside,
@@ -120,10 +121,10 @@ def test_prox_sgd_inplace_matches_reference(data):
 
     F.prox_sgd_(ts(params), ts(grads), ts(anchors), ts(importance), lr, prox)
 
-    k = 16 if anchors is not None else 4
+    k = 16 if anchors is not None else 4  # 2x the roundings of the expression
+    p0, g0, a0, h0 = before
     for i, (p, ref) in enumerate(zip(params, P)):
-        b = before
-        scale = prox_scale(b[0][i], b[1][i], b[2] and b[2][i], b[3] and b[3][i], lr, prox)
+        scale = prox_scale(p0[i], g0[i], a0 and a0[i], h0 and h0[i], lr, prox)
         assert_matches(p.t, ref, scale=scale, k=k, what=f"params[{i}]")
     check_outside(snap_p, "params")
     for i, (h, base) in enumerate(snap_r):
@@ -226,7 +227,7 @@ def test_emcl_meta_step_matches_reference(data):
         assert_matches(importance[i].t, Hr[i], scale=h_scale, k=10, what=f"importance[{i}]")
         # a_new = a*r/(h_new+eps) (or alpha0*min(1, r/(h_new+eps))): 3 roundings, plus the
         # relative error of h_new (its bound above) divided by h_new + eps.
-        u = {torch.float32: 2.0**-24, torch.float64: 2.0**-53, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}[dtype]
+        u = UNIT[dtype]
         h_new = d64(Hr[i])
         h_err = 10 * u * (h_new.abs() + torch.nan_to_num(h_scale, nan=0.0, posinf=0.0)) \
             + 20 * u * torch.finfo(dtype).tiny
