@@ -75,7 +75,7 @@ void check_prox(at::TensorList params, at::TensorList grads, const OptList& anch
   check_real("prox", prox, 0.0, INFINITY);
   TORCH_CHECK_VALUE(anchors.has_value() == importance.has_value(),
                     "anchors and importance must both be given or both be None");
-  TORCH_CHECK_VALUE(anchors.has_value() || prox == 0.0, "prox=", prox,
+  TORCH_CHECK_VALUE(anchors.has_value() || prox == 0.0, "prox=", py_float(prox),
                     " needs anchors and importance (None is allowed only with prox=0)");
   std::vector<NamedList> lists{{"params", params}, {"grads", grads}};
   if (anchors) {
@@ -120,7 +120,7 @@ void prox_sgd_(at::TensorList params, at::TensorList grads, OptList anchors, Opt
     inputs.push_back({"anchors", *anchors});
     inputs.push_back({"importance", *importance});
   }
-  check_writable("params", params, inputs);
+  check_aliasing({{"params", params}}, inputs);
   // Stage the inputs before the outputs: a strided param that is also its own grad is read
   // from its copy, never from half-written memory.
   const auto g = stage_all(grads);
@@ -157,7 +157,7 @@ void taylor_importance_(at::TensorList importance, at::TensorList grads, at::Ten
                         double decay) {
   check_real("decay", decay, 0.0, 1.0);
   check_lists({{"importance", importance}, {"grads", grads}, {"params", params}});
-  check_writable("importance", importance, {{"grads", grads}, {"params", params}});
+  check_aliasing({{"importance", importance}}, {{"grads", grads}, {"params", params}});
   if (importance.empty()) return;
   const auto g = stage_all(grads);
   const auto p = stage_all(params);
@@ -193,14 +193,8 @@ void emcl_meta_step_(at::TensorList params, at::TensorList fast_params, at::Tens
                {"importance", importance},
                {"meta_lrs", meta_lrs},
                {"grads", grads}});
-  const std::vector<NamedList> all{{"params", params},
-                                   {"fast_params", fast_params},
-                                   {"importance", importance},
-                                   {"meta_lrs", meta_lrs},
-                                   {"grads", grads}};
-  check_writable("params", params, all);
-  check_writable("importance", importance, all);
-  check_writable("meta_lrs", meta_lrs, all);
+  check_aliasing({{"params", params}, {"importance", importance}, {"meta_lrs", meta_lrs}},
+                 {{"fast_params", fast_params}, {"grads", grads}});
   if (params.empty()) return;
   const auto pk = stage_all(fast_params);
   const auto g = stage_all(grads);
@@ -238,8 +232,11 @@ void trajectory_shift_(at::TensorList phi, at::TensorList thetas, double meta_lr
                       "] has T = 0 task learners; expected T >= 1");
     max_t = std::max(max_t, thetas[i].size(0));
   }
-  check_writable("phi", phi, {});
-  check_writable("thetas", thetas, {});
+  if (shift) {
+    check_aliasing({{"phi", phi}, {"thetas", thetas}}, {});
+  } else {
+    check_aliasing({{"phi", phi}}, {{"thetas", thetas}});
+  }
   if (phi.empty()) return;
   const auto p = stage_all(phi);
   const auto th = stage_all(thetas);
@@ -259,10 +256,102 @@ void trajectory_shift_(at::TensorList phi, at::TensorList thetas, double meta_lr
     });
   });
   unstage(p);
-  unstage(th);
+  if (shift) unstage(th);  // shift=False only reads thetas: never write them back
 }
 
 }  // namespace
+
+// ---- version counters (every device) ----
+// An op registered from C++ has no ADInplaceOrView kernel unless it is given one, and then
+// nothing bumps the autograd version counter of the tensors it writes: autograd could not
+// tell that a tensor saved for backward was modified, and backward would silently use the
+// new values. These kernels redispatch below ADInplaceOrView and bump the counters of the
+// written tensors afterwards (a rejected call changes nothing, versions included), as the
+// kernels PyTorch generates for its own in-place ops do. They are device-agnostic; they live
+// here, beside the ops they describe, because this file is built for every backend.
+namespace ad_inplace {
+
+inline void bump(at::TensorList ts) {
+  for (const auto& t : ts) t.unsafeGetTensorImpl()->bump_version();
+}
+
+// bump() after the kernel would raise for an inference tensor outside InferenceMode (it has
+// no version counter), once the kernel has written it: check first, so the call changes nothing.
+inline void check_versioned(const char* name, at::TensorList ts) {
+  if (c10::InferenceMode::is_enabled()) return;
+  for (size_t i = 0; i < ts.size(); ++i)
+    TORCH_CHECK_VALUE(ts[i].unsafeGetTensorImpl()->version_counter().enabled(), name, "[", i,
+                      "] is an inference tensor: an inplace update to an inference tensor "
+                      "outside InferenceMode is not allowed (clone it outside InferenceMode first)");
+}
+
+template <typename Sig>
+c10::TypedOperatorHandle<Sig> handle(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+
+void prox_sgd_(c10::DispatchKeySet ks, at::TensorList params, at::TensorList grads, OptList anchors,
+               OptList importance, double lr, double prox) {
+  static const auto op = handle<decltype(cpu::prox_sgd_)>("fastcl::prox_sgd_");
+  check_versioned("params", params);
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    op.redispatch(ks & c10::after_ADInplaceOrView_keyset, params, grads, anchors, importance, lr,
+                  prox);
+  }
+  bump(params);
+}
+
+void taylor_importance_(c10::DispatchKeySet ks, at::TensorList importance, at::TensorList grads,
+                        at::TensorList params, double decay) {
+  static const auto op = handle<decltype(cpu::taylor_importance_)>("fastcl::taylor_importance_");
+  check_versioned("importance", importance);
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    op.redispatch(ks & c10::after_ADInplaceOrView_keyset, importance, grads, params, decay);
+  }
+  bump(importance);
+}
+
+void emcl_meta_step_(c10::DispatchKeySet ks, at::TensorList params, at::TensorList fast_params,
+                     at::TensorList importance, at::TensorList meta_lrs, at::TensorList grads,
+                     double lam, double decay, double r, int64_t lr_mode, double alpha0,
+                     double eps) {
+  static const auto op = handle<decltype(cpu::emcl_meta_step_)>("fastcl::emcl_meta_step_");
+  check_versioned("params", params);
+  check_versioned("importance", importance);
+  check_versioned("meta_lrs", meta_lrs);
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    op.redispatch(ks & c10::after_ADInplaceOrView_keyset, params, fast_params, importance,
+                  meta_lrs, grads, lam, decay, r, lr_mode, alpha0, eps);
+  }
+  bump(params);
+  bump(importance);
+  bump(meta_lrs);
+}
+
+void trajectory_shift_(c10::DispatchKeySet ks, at::TensorList phi, at::TensorList thetas,
+                       double meta_lr, bool shift) {
+  static const auto op = handle<decltype(cpu::trajectory_shift_)>("fastcl::trajectory_shift_");
+  check_versioned("phi", phi);
+  if (shift) check_versioned("thetas", thetas);
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    op.redispatch(ks & c10::after_ADInplaceOrView_keyset, phi, thetas, meta_lr, shift);
+  }
+  bump(phi);
+  if (shift) bump(thetas);  // shift=False only reads thetas
+}
+
+}  // namespace ad_inplace
+
+TORCH_LIBRARY_IMPL(fastcl, ADInplaceOrView, m) {
+  m.impl("prox_sgd_", TORCH_FN(ad_inplace::prox_sgd_));
+  m.impl("taylor_importance_", TORCH_FN(ad_inplace::taylor_importance_));
+  m.impl("emcl_meta_step_", TORCH_FN(ad_inplace::emcl_meta_step_));
+  m.impl("trajectory_shift_", TORCH_FN(ad_inplace::trajectory_shift_));
+}
 
 TORCH_LIBRARY_IMPL(fastcl, CPU, m) {
   m.impl("prox_sgd_", &prox_sgd_);

@@ -43,18 +43,50 @@ if HAVE_EXT:
     _ops = torch.ops.fastcl
 
 
-def _lr_mode(lr_mode) -> int:
+def _lr_mode(lr_mode):
     if isinstance(lr_mode, str):
         if lr_mode not in LR_MODES:
-            raise ValueError(f"lr_mode must be one of {sorted(LR_MODES)}, got {lr_mode!r}")
+            raise ValueError(f"lr_mode must be 0 (paper) or 1 (stabilised), got {lr_mode!r}")
         return LR_MODES[lr_mode]
     return lr_mode
+
+
+def _dispatchable(lists, reals=(), ints=(), bools=(), optional=(), functorch_rule=False) -> bool:
+    """Whether the fused op can take these arguments: every list a non-empty list / tuple
+    (the dispatcher cannot dispatch an op with no tensor argument) and every scalar of the
+    type of its schema. Anything else goes to the reference, which raises the documented
+    ValueError / TypeError naming the argument, or does nothing on valid empty lists.
+
+    Under torch.func transforms (grad, vmap, jacrev, ...) an op without a rule for them
+    (``functorch_rule``: trajectory_shift_ has a vmap rule) runs as its reference: a custom
+    op's autograd formula does not compose with torch.func, and the reference is the same
+    expression in plain PyTorch, which does."""
+    if not HAVE_EXT:
+        return False
+    if not functorch_rule and not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
+        return False
+    for x in lists:
+        if not isinstance(x, (list, tuple)) or not x:
+            return False
+    for x in optional:
+        if x is not None and not isinstance(x, (list, tuple)):
+            return False
+    for x in reals:
+        if isinstance(x, bool) or not isinstance(x, (int, float)):
+            return False
+    for x in ints:
+        if isinstance(x, bool) or not isinstance(x, int):
+            return False
+    for x in bools:
+        if not isinstance(x, bool):
+            return False
+    return True
 
 
 def prox_sgd_(params: Sequence[Tensor], grads: Sequence[Tensor], anchors: Optional[Sequence[Tensor]],
               importance: Optional[Sequence[Tensor]], lr: float, prox: float = 0.0) -> None:
     """Fused proximal SGD step in place (EMCL Eq. 16, 17, 21); see :func:`reference.prox_sgd_`."""
-    if not HAVE_EXT:
+    if not _dispatchable((params, grads), (lr, prox), optional=(anchors, importance)):
         return reference.prox_sgd_(params, grads, anchors, importance, lr, prox)
     _ops.prox_sgd_(params, grads, anchors, importance, lr, prox)
 
@@ -62,7 +94,7 @@ def prox_sgd_(params: Sequence[Tensor], grads: Sequence[Tensor], anchors: Option
 def prox_sgd(params: Sequence[Tensor], grads: Sequence[Tensor], anchors: Optional[Sequence[Tensor]],
              importance: Optional[Sequence[Tensor]], lr: float, prox: float = 0.0) -> list[Tensor]:
     """Fused out-of-place, differentiable proximal SGD step; see :func:`reference.prox_sgd`."""
-    if not HAVE_EXT:
+    if not _dispatchable((params, grads), (lr, prox), optional=(anchors, importance)):
         return reference.prox_sgd(params, grads, anchors, importance, lr, prox)
     return _ops.prox_sgd(params, grads, anchors, importance, lr, prox)
 
@@ -70,7 +102,7 @@ def prox_sgd(params: Sequence[Tensor], grads: Sequence[Tensor], anchors: Optiona
 def taylor_importance_(importance: Sequence[Tensor], grads: Sequence[Tensor], params: Sequence[Tensor],
                        decay: float) -> None:
     """Fused Taylor importance moving average (EMCL Eq. 7, 13); see :func:`reference.taylor_importance_`."""
-    if not HAVE_EXT:
+    if not _dispatchable((importance, grads, params), (decay,)):
         return reference.taylor_importance_(importance, grads, params, decay)
     _ops.taylor_importance_(importance, grads, params, decay)
 
@@ -82,7 +114,8 @@ def emcl_meta_step_(params, fast_params, importance, meta_lrs, grads, lam: float
     See :func:`reference.emcl_meta_step_` for the exact per-element order and the two modes.
     """
     lr_mode = _lr_mode(lr_mode)
-    if not HAVE_EXT:
+    if not _dispatchable((params, fast_params, importance, meta_lrs, grads), (lam, decay, r, alpha0, eps),
+                         (lr_mode,)):
         return reference.emcl_meta_step_(params, fast_params, importance, meta_lrs, grads, lam, decay, r,
                                          lr_mode, alpha0, eps)
     _ops.emcl_meta_step_(params, fast_params, importance, meta_lrs, grads, lam, decay, r, lr_mode, alpha0, eps)
@@ -90,7 +123,7 @@ def emcl_meta_step_(params, fast_params, importance, meta_lrs, grads, lam: float
 
 def trajectory_shift_(phi: Sequence[Tensor], thetas: Sequence[Tensor], meta_lr: float, shift: bool = True) -> None:
     """Fused Reptile meta step + trajectory shift (CTS Alg. 2, l. 11-13); see :func:`reference.trajectory_shift_`."""
-    if not HAVE_EXT:
+    if not _dispatchable((phi, thetas), (meta_lr,), (), (shift,), functorch_rule=True):
         return reference.trajectory_shift_(phi, thetas, meta_lr, shift)
     _ops.trajectory_shift_(phi, thetas, meta_lr, shift)
 

@@ -9,32 +9,42 @@ from __future__ import annotations
 import torch
 from torch.library import register_autograd, register_fake
 
+from . import reference
+
 # ---------------------------------------------------------------------------- fake kernels
-# In-place ops return nothing: their fake kernels only need to accept the arguments.
+# The fake kernels also run for real calls on the "meta" device, and for a call whose tensors
+# sit on two devices one of which is "meta" (the dispatcher picks the Meta kernel): they check
+# every argument with the reference's checks, so such calls (and torch.compile tracing) raise
+# the same ValueError / TypeError as the CPU kernels instead of silently doing nothing.
 
 
 @register_fake("fastcl::prox_sgd_")
 def _prox_sgd__fake(params, grads, anchors, importance, lr, prox):
+    reference._check_prox(params, grads, anchors, importance, lr, prox)
     return None
 
 
 @register_fake("fastcl::prox_sgd")
 def _prox_sgd_fake(params, grads, anchors, importance, lr, prox):
+    reference._check_prox(params, grads, anchors, importance, lr, prox)
     return [torch.empty_like(p, memory_format=torch.contiguous_format) for p in params]
 
 
 @register_fake("fastcl::taylor_importance_")
 def _taylor_fake(importance, grads, params, decay):
+    reference._check_taylor(importance, grads, params, decay)
     return None
 
 
 @register_fake("fastcl::emcl_meta_step_")
 def _emcl_fake(params, fast_params, importance, meta_lrs, grads, lam, decay, r, lr_mode, alpha0, eps):
+    reference._check_emcl(params, fast_params, importance, meta_lrs, grads, lam, decay, r, lr_mode, alpha0, eps)
     return None
 
 
 @register_fake("fastcl::trajectory_shift_")
 def _shift_fake(phi, thetas, meta_lr, shift):
+    reference._check_shift(phi, thetas, meta_lr, shift)
     return None
 
 
@@ -115,3 +125,4 @@ def _shift_vmap(info, in_dims, phi, thetas, meta_lr, shift):
         theta_b.append(th.movedim(0, 1))  # [T, B, *S] view of the same memory
     torch.ops.fastcl.trajectory_shift_(phi_b, theta_b, meta_lr, shift)
     return None, None
+

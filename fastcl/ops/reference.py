@@ -98,6 +98,98 @@ def _check_real(name: str, value, *, low=None, high=None):
     return value
 
 
+def _dense(t: Tensor) -> bool:
+    """Non-overlapping and dense: a permutation of a contiguous tensor (size-1 dims aside)."""
+    expected = 1
+    for stride, size in sorted((st, n) for st, n in zip(t.stride(), t.shape) if n != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _overlap(a: Tensor, b: Tensor) -> str:
+    """"full", "partial", "no" or "too hard" (as ATen's get_overlap_status)."""
+    if a is b:
+        return "full"
+    if a.numel() == 0 or b.numel() == 0:
+        return "no"
+    if not (_dense(a) and _dense(b)):
+        return "too hard"
+    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return "no"
+    a0, b0 = a.data_ptr(), b.data_ptr()
+    a1, b1 = a0 + a.numel() * a.element_size(), b0 + b.numel() * b.element_size()
+    if (a0, a1) == (b0, b1):
+        return "full" if a.stride() == b.stride() else "partial"
+    return "partial" if a0 < b1 and b0 < a1 else "no"
+
+
+def _check_versioned(written):
+    """Written tensors must have a version counter: an inference tensor can only be updated
+    inside InferenceMode (PyTorch's own in-place ops raise only after writing it)."""
+    if torch.is_inference_mode_enabled():
+        return
+    for name, lst in written:
+        for i, t in enumerate(lst):
+            if t.is_inference():
+                raise ValueError(f"{name}[{i}] is an inference tensor: an inplace update to an inference tensor "
+                                 "outside InferenceMode is not allowed (clone it outside InferenceMode first)")
+
+
+def _check_aliasing(written, read=()):
+    """Memory aliasing of one call's tensors (``written`` / ``read``: (name, list) pairs).
+
+    A written tensor may be the very same memory as a *read* argument of its own index (an
+    in-place update: a grad list that is the param list). Any other overlap of a written
+    tensor (with a read tensor of another index, with another written tensor, partially) makes
+    the result depend on the order of the writes, and is rejected; so is a written tensor that
+    overlaps itself (an expanded view). Strided views that are not a permutation of a
+    contiguous block ("too hard" to compare) are accepted against read tensors, and rejected
+    against written ones whose byte range they intersect. Called on real tensors only (it reads
+    data pointers), so not from the fake kernels, and skipped while torch.compile traces.
+    """
+    if torch.compiler.is_compiling():
+        return  # data pointers and inference-ness are run-time facts: checked in eager only
+    _check_versioned(written)
+    # torch.func wrappers (batched / grad-tracking tensors) have no storage to compare.
+    by_memory = not torch._C._are_functorch_transforms_active()
+    entries = []
+    for is_written, pairs in ((True, written), (False, read)):
+        for name, lst in pairs:
+            for i, t in enumerate(lst):
+                if is_written and any(st == 0 and n > 1 for st, n in zip(t.stride(), t.shape)):
+                    raise ValueError(f"{name}[{i}] has internally overlapping memory (an expanded view?); "
+                                     "it cannot be written in place")
+                if not by_memory or t.numel() == 0 or t.device.type == "meta":
+                    continue
+                span = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
+                begin = t.data_ptr()
+                entries.append((begin, begin + span * t.element_size(), name, i, is_written, t))
+    entries.sort(key=lambda e: e[0])
+    for k, (_, end, xname, xi, xw, x) in enumerate(entries):
+        for begin, _, yname, yi, yw, y in entries[k + 1:]:
+            if begin >= end:
+                break
+            if not (xw or yw):
+                continue
+            status = _overlap(x, y)
+            if status == "no":
+                continue
+            if not xw:  # name the written tensor first
+                xname, xi, yname, yi, xw, yw = yname, yi, xname, xi, yw, xw
+            if status == "too hard":
+                if xw and yw:
+                    raise ValueError(f"{xname}[{xi}] and {yname}[{yi}] are strided views of one storage whose "
+                                     "byte ranges intersect; written tensors must be provably disjoint")
+                continue
+            if status == "full" and xi == yi and xw != yw:
+                continue
+            what = "are the same memory" if status == "full" else "partially overlap in memory"
+            raise ValueError(f"{xname}[{xi}] and {yname}[{yi}] {what}; a written tensor may only alias a "
+                             "read argument of its own index (in place), entirely")
+
+
 def _check_prox(params, grads, anchors, importance, lr, prox):
     params = _check_list("params", params)
     grads = _check_list("grads", grads)
@@ -115,6 +207,51 @@ def _check_prox(params, grads, anchors, importance, lr, prox):
         lists += [anchors, importance]
     _check_group(names, lists)
     return params, grads, anchors, importance, lr, prox
+
+
+def _check_taylor(importance, grads, params, decay):
+    importance = _check_list("importance", importance)
+    grads = _check_list("grads", grads)
+    params = _check_list("params", params)
+    decay = _check_real("decay", decay, low=0.0, high=1.0)
+    _check_group(["importance", "grads", "params"], [importance, grads, params])
+    return importance, grads, params, decay
+
+
+def _check_lr_mode(lr_mode):
+    if isinstance(lr_mode, bool) or not isinstance(lr_mode, int) or lr_mode not in (0, 1):
+        raise ValueError(f"lr_mode must be 0 (paper) or 1 (stabilised), got {lr_mode!r}")
+    return int(lr_mode)
+
+
+def _check_emcl(params, fast_params, importance, meta_lrs, grads, lam, decay, r, lr_mode, alpha0, eps):
+    params = _check_list("params", params)
+    fast_params = _check_list("fast_params", fast_params)
+    importance = _check_list("importance", importance)
+    meta_lrs = _check_list("meta_lrs", meta_lrs)
+    grads = _check_list("grads", grads)
+    lam = _check_real("lam", lam, low=0.0)
+    decay = _check_real("decay", decay, low=0.0, high=1.0)
+    r = _check_real("r", r, low=0.0)
+    alpha0 = _check_real("alpha0", alpha0, low=0.0)
+    eps = _check_real("eps", eps, low=0.0)
+    lr_mode = _check_lr_mode(lr_mode)
+    _check_group(["params", "fast_params", "importance", "meta_lrs", "grads"],
+                 [params, fast_params, importance, meta_lrs, grads])
+    return params, fast_params, importance, meta_lrs, grads, lam, decay, r, lr_mode, alpha0, eps
+
+
+def _check_shift(phi, thetas, meta_lr, shift):
+    phi = _check_list("phi", phi)
+    thetas = _check_list("thetas", thetas)
+    meta_lr = _check_real("meta_lr", meta_lr, low=0.0)
+    if not isinstance(shift, bool):
+        raise TypeError(f"shift must be a bool, got {type(shift).__name__}")
+    _check_group(["phi", "thetas"], [phi, thetas], lead=1)
+    for i, th in enumerate(thetas):
+        if th.shape[0] < 1:
+            raise ValueError(f"thetas[{i}] has T = 0 task learners; expected T >= 1")
+    return phi, thetas, meta_lr, shift
 
 
 def _prox_expr(p, g, a, h, lr, prox):
@@ -141,6 +278,8 @@ def prox_sgd_(params, grads, anchors, importance, lr: float, prox: float) -> Non
         prox: gamma*lambda, >= 0.
     """
     params, grads, anchors, importance, lr, prox = _check_prox(params, grads, anchors, importance, lr, prox)
+    _check_aliasing([("params", params)],
+                    [("grads", grads)] + ([("anchors", anchors), ("importance", importance)] if anchors else []))
     new = [
         _prox_expr(p, g, None if anchors is None else anchors[i], None if importance is None else importance[i], lr, prox)
         for i, (p, g) in enumerate(zip(params, grads))
@@ -174,11 +313,8 @@ def taylor_importance_(importance, grads, params, decay: float) -> None:
         params: theta, shapes of ``importance``.
         decay: eta in Eq. 7, in [0, 1].
     """
-    importance = _check_list("importance", importance)
-    grads = _check_list("grads", grads)
-    params = _check_list("params", params)
-    decay = _check_real("decay", decay, low=0.0, high=1.0)
-    _check_group(["importance", "grads", "params"], [importance, grads, params])
+    importance, grads, params, decay = _check_taylor(importance, grads, params, decay)
+    _check_aliasing([("importance", importance)], [("grads", grads), ("params", params)])
     new = [decay * h + (1 - decay) * (g * p).abs() for h, g, p in zip(importance, grads, params)]
     with torch.no_grad():
         for h, n in zip(importance, new):
@@ -218,20 +354,10 @@ def emcl_meta_step_(params, fast_params, importance, meta_lrs, grads, lam: float
         alpha0: initial meta learning rate (only used by the stabilised mode), >= 0.
         eps: added to h in the denominator of Eq. 8, >= 0.
     """
-    params = _check_list("params", params)
-    fast_params = _check_list("fast_params", fast_params)
-    importance = _check_list("importance", importance)
-    meta_lrs = _check_list("meta_lrs", meta_lrs)
-    grads = _check_list("grads", grads)
-    lam = _check_real("lam", lam, low=0.0)
-    decay = _check_real("decay", decay, low=0.0, high=1.0)
-    r = _check_real("r", r, low=0.0)
-    alpha0 = _check_real("alpha0", alpha0, low=0.0)
-    eps = _check_real("eps", eps, low=0.0)
-    if lr_mode not in (0, 1) or isinstance(lr_mode, bool):
-        raise ValueError(f"lr_mode must be 0 (paper) or 1 (stabilised), got {lr_mode!r}")
-    _check_group(["params", "fast_params", "importance", "meta_lrs", "grads"],
-                 [params, fast_params, importance, meta_lrs, grads])
+    params, fast_params, importance, meta_lrs, grads, lam, decay, r, lr_mode, alpha0, eps = _check_emcl(
+        params, fast_params, importance, meta_lrs, grads, lam, decay, r, lr_mode, alpha0, eps)
+    _check_aliasing([("params", params), ("importance", importance), ("meta_lrs", meta_lrs)],
+                    [("fast_params", fast_params), ("grads", grads)])
     new_p, new_h, new_a = [], [], []
     for p, pk, h, a, g in zip(params, fast_params, importance, meta_lrs, grads):
         meta_grad = lam * h * (p - pk)
@@ -260,15 +386,11 @@ def trajectory_shift_(phi, thetas, meta_lr: float, shift: bool = True) -> None:
         meta_lr: beta, >= 0.
         shift: apply the shift to the trajectories (CTS) or not (Reptile).
     """
-    phi = _check_list("phi", phi)
-    thetas = _check_list("thetas", thetas)
-    meta_lr = _check_real("meta_lr", meta_lr, low=0.0)
-    if not isinstance(shift, bool):
-        raise TypeError(f"shift must be a bool, got {type(shift).__name__}")
-    _check_group(["phi", "thetas"], [phi, thetas], lead=1)
-    for i, th in enumerate(thetas):
-        if th.shape[0] < 1:
-            raise ValueError(f"thetas[{i}] has T = 0 task learners; expected T >= 1")
+    phi, thetas, meta_lr, shift = _check_shift(phi, thetas, meta_lr, shift)
+    if shift:
+        _check_aliasing([("phi", phi), ("thetas", thetas)])
+    else:
+        _check_aliasing([("phi", phi)], [("thetas", thetas)])
     deltas = [meta_lr * (th.mean(0) - p) for p, th in zip(phi, thetas)]
     with torch.no_grad():
         for p, th, d in zip(phi, thetas, deltas):
