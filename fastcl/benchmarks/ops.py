@@ -46,13 +46,13 @@ copy_                src + dst                                        2 s
 same thread count, on a copy whose footprint (src + dst) equals the op's footprint (every
 distinct tensor it touches), so both run from the same level of the memory hierarchy.
 
-Memory ops (``ring insert+sample``): a batch of B = 10 MNIST-size examples (784 float32) is
+Memory ops (``ring_insert+sample``): a batch of B = 10 MNIST-size examples (784 float32) is
 inserted into per-(task, class) rings (20 tasks x 10 classes x m = 5 slots, every ring full,
 the batch goes to task 19), then n = 10 examples are sampled from all 20 tasks and gathered
 (``index_select``). ``fused``: ``ring_insert_`` + ``ring_sample`` + ``index_select``; ``loop``:
 a per-example Python loop that copies each example into its slot by indexing and bumps its
 counter (the way Mammoth's buffer inserts), then ``torch.randint`` + ``index_select``;
-``reference``: ``fastcl.ops.reference``. ``ring sample``: the sample half alone, fused
+``reference``: ``fastcl.ops.reference``. ``ring_sample``: the sample half alone, fused
 (``ring_sample`` + ``index_select``) against ``randint`` + ``index_select``. With every ring
 full, ``randint`` over the 1000 rows is the same distribution as ``ring_sample``.
 ``reservoir_insert_``: the batch into a 1000-row reservoir after 5000 examples seen, against
@@ -89,6 +89,10 @@ __all__ = [
     "bytes_moved",
     "footprint",
     "validate",
+    "expected_state",
+    "clone_state",
+    "fused_available",
+    "plan",
     "time_fn",
     "run",
     "format_tables",
@@ -590,7 +594,7 @@ def _sample_bytes(case: Case) -> int:
 
 
 RING_OP = Op(
-    name="ring insert+sample",
+    name="ring_insert+sample",
     kind="memory",
     cases=_memory_cases,
     make=_ring_make,
@@ -606,7 +610,7 @@ RING_OP = Op(
 )
 
 SAMPLE_OP = Op(
-    name="ring sample",
+    name="ring_sample",
     kind="memory",
     cases=_memory_cases,
     make=_ring_make,
@@ -788,11 +792,11 @@ def copy_bandwidth(footprint_bytes: int, threads: int, min_run_time: float, cach
 
 
 # ============================================================================ runner
-def _kernel_available(op: Op) -> tuple[bool, str]:
+def fused_available(op: Op) -> tuple[bool, str]:
     """Whether ``fused`` runs a compiled kernel (not the reference fallback or nothing)."""
     if fops.backend() == "reference":
         return False, "extension not loaded: fused == reference fallback"
-    names = {"ring insert+sample": ("ring_insert_", "ring_sample"), "ring sample": ("ring_sample",),
+    names = {"ring_insert+sample": ("ring_insert_", "ring_sample"), "ring_sample": ("ring_sample",),
              "reservoir_insert_": ("reservoir_insert_",)}.get(op.name, (op.name,))
     for n in names:
         if not torch._C._dispatch_has_kernel_for_dispatch_key(f"fastcl::{n}", "CPU"):
@@ -855,7 +859,7 @@ def run(ops: Optional[Sequence[str]] = None, sizes: str = "full", threads: Seque
     unavailable: dict[str, str] = {}
     try:
         for op, case, impls in groups:
-            ok, why = _kernel_available(op)
+            ok, why = fused_available(op)
             if not ok:
                 unavailable[op.name] = why
             base = op.make(case, seed)
