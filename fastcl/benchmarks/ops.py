@@ -444,35 +444,14 @@ def shift_chain(PHI, TH):
         th.add_(d)
 
 
-def shift_foreach_views(PHI, VIEWS):
-    """The foreach form on ``VIEWS[t] = [th[t] for th in thetas]`` (mean as a sum of T lists)."""
-    T = len(VIEWS)
-    if T == 1:
-        acc = torch._foreach_mul(VIEWS[0], 1.0)
-    else:
-        acc = torch._foreach_add(VIEWS[0], VIEWS[1])
-        for t in range(2, T):
-            torch._foreach_add_(acc, VIEWS[t])
-        torch._foreach_mul_(acc, 1.0 / T)
-    torch._foreach_sub_(acc, PHI)
-    torch._foreach_mul_(acc, META_LR)
-    torch._foreach_add_(PHI, acc)
-    for t in range(T):
-        torch._foreach_add_(VIEWS[t], acc)
-
-
 def shift_foreach(PHI, TH):
-    """The foreach form on the stacked thetas (views made inside: free in a compiled graph)."""
-    T = TH[0].shape[0]
-    shift_foreach_views(PHI, [[th[t] for th in TH] for t in range(T)])
-
-
-def _shift_foreach_eager(state):
-    # The per-learner views are made once, outside the timed call, so that eager foreach pays
-    # for its T*len(list) kernel launches only, not for creating the views.
-    phi, th = state["phi"], state["thetas"]
-    views = [[x[t] for x in th] for t in range(th[0].shape[0])]
-    return lambda: shift_foreach_views(phi, views)
+    """The foreach form. ``_foreach_*`` has no reduction over a dimension, so the mean over T is
+    one ``mean(0)`` per tensor; the rest is foreach (the last add broadcasts delta over T)."""
+    d = [th.mean(0) for th in TH]
+    torch._foreach_sub_(d, PHI)
+    torch._foreach_mul_(d, META_LR)
+    torch._foreach_add_(PHI, d)
+    torch._foreach_add_(TH, d)
 
 
 _SHIFT = ("phi", "thetas")
@@ -485,7 +464,7 @@ SHIFT_OP = Op(
         "fused": _eager(lambda PHI, TH: fops.trajectory_shift_(PHI, TH, META_LR, True), _SHIFT),
         "chain": _eager(shift_chain, _SHIFT),
         "loop": _eager(lambda PHI, TH: ref.trajectory_shift_(PHI, TH, META_LR, True), _SHIFT),
-        "foreach": _shift_foreach_eager,
+        "foreach": _eager(shift_foreach, _SHIFT),
         "compile": _compiled(shift_chain, _SHIFT),
         "compile_foreach": _compiled(shift_foreach, _SHIFT),
     },
@@ -763,32 +742,70 @@ def validate(op: Op, impl: str, state: State, fn: Callable[[], Any], expected: t
 
 # ============================================================================ timing
 def time_fn(fn: Callable[[], Any], threads: int, min_run_time: float, warmup: int = 3) -> dict:
-    """Median seconds per call of ``fn`` at ``threads`` threads: ``warmup`` calls, then
-    ``torch.utils.benchmark.Timer.blocked_autorange`` (blocks of calls; median of the per-call
-    time of each block)."""
-    from torch.utils.benchmark import Timer
+    """Median seconds per call of one ``fn`` at ``threads`` threads (see :func:`time_interleaved`)."""
+    return time_interleaved({"fn": fn}, threads, min_run_time, warmup)["fn"]
 
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], threads: int, min_run_time: float, warmup: int = 3,
+                     min_rounds: int = 5, max_rounds: int = 400) -> dict[str, dict]:
+    """Times several callables *interleaved*, so that a change of machine load hits all of them.
+
+    Each callable is warmed up (``warmup`` calls; the fastest of them estimates its cost), then
+    given a block size of ``n`` calls lasting about ``min_run_time / 20``. Rounds then time one
+    block of every callable (the order rotates from round to round) until every callable has
+    run for ``min_run_time`` seconds in at least ``min_rounds`` rounds. The result per callable:
+    ``median_s`` (median over the blocks of seconds per call), ``iqr_s``, ``min_s``, ``runs``
+    (blocks) and ``per_run`` (calls per block); or ``error`` if a call raised.
+    """
     torch.set_num_threads(threads)
-    for _ in range(warmup):
-        fn()
-    m = Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads).blocked_autorange(min_run_time=min_run_time)
-    return {"median_s": m.median, "iqr_s": m.iqr, "runs": len(m.times), "per_run": m.number_per_run}
+    clock = time.perf_counter
+    block_s = max(min_run_time / 20, 1e-5)
+    number, samples, total, out = {}, {}, {}, {}
+    for name, fn in fns.items():
+        best = math.inf
+        try:
+            for _ in range(max(1, warmup)):
+                t0 = clock()
+                fn()
+                best = min(best, clock() - t0)
+        except Exception as err:  # noqa: BLE001
+            out[name] = {"error": f"{type(err).__name__}: {err}"}
+            continue
+        number[name] = max(1, int(block_s / max(best, 1e-9)))
+        samples[name], total[name] = [], 0.0
+    names = list(number)
+    rounds = 0
+    while names and rounds < max_rounds and (rounds < min_rounds or min(total[k] for k in names) < min_run_time):
+        order = names[rounds % len(names):] + names[: rounds % len(names)]
+        for name in order:
+            fn, n = fns[name], number[name]
+            try:
+                t0 = clock()
+                for _ in range(n):
+                    fn()
+                dt = clock() - t0
+            except Exception as err:  # noqa: BLE001
+                out[name] = {"error": f"{type(err).__name__}: {err}"}
+                names.remove(name)
+                continue
+            samples[name].append(dt / n)
+            total[name] += dt
+        rounds += 1
+    for name in number:
+        if name in out:
+            continue
+        xs = torch.tensor(samples[name], dtype=torch.float64)
+        q = torch.quantile(xs, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
+        out[name] = {"median_s": q[1], "iqr_s": q[2] - q[0],
+                     "min_s": float(xs.min()), "runs": len(xs), "per_run": number[name]}
+    return out
 
 
-@functools.lru_cache(maxsize=None)
-def _copy_pair(n: int) -> tuple[Tensor, Tensor]:
-    return torch.randn(n, dtype=FLOAT), torch.empty(n, dtype=FLOAT)
-
-
-def copy_bandwidth(footprint_bytes: int, threads: int, min_run_time: float, cache: dict) -> float:
-    """GB/s of ``dst.copy_(src)`` with src + dst = ``footprint_bytes`` (memoised in ``cache``)."""
-    key = (footprint_bytes, threads)
-    if key not in cache:
-        n = max(1, footprint_bytes // (2 * ITEM))
-        src, dst = torch.randn(n, dtype=FLOAT), torch.empty(n, dtype=FLOAT)
-        t = time_fn(lambda: dst.copy_(src), threads, min_run_time)["median_s"]
-        cache[key] = 2 * n * ITEM / t / 1e9
-    return cache[key]
+def copy_callable(footprint_bytes: int) -> tuple[Callable[[], Any], int]:
+    """``dst.copy_(src)`` with src + dst = ``footprint_bytes``, and the bytes it moves."""
+    n = max(1, footprint_bytes // (2 * ITEM))
+    src, dst = torch.randn(n, dtype=FLOAT), torch.empty(n, dtype=FLOAT)
+    return (lambda: dst.copy_(src)), 2 * n * ITEM
 
 
 # ============================================================================ runner
@@ -835,26 +852,31 @@ class Results:
 def run(ops: Optional[Sequence[str]] = None, sizes: str = "full", threads: Sequence[int] = (1, 2),
         compile: bool = True, min_run_time: float = 0.5, cases: Optional[Sequence[str]] = None,
         progress: bool = True, seed: int = 0) -> Results:
-    """Validates and times every (op, case, impl) of the plan at every thread count.
+    """Validates, then times, every (op, case, impl) of the plan at every thread count.
 
-    Returns a :class:`Results` whose rows hold, per (op, case, threads, impl): ``us`` (median
-    microseconds), ``gbps`` (bytes moved / time), ``copy_gbps`` and ``pct_copy``, or ``error``
-    when the impl could not run or computed something else than the reference.
+    For each (op, case, threads) every impl gets its own copy of the inputs, is called once and
+    compared with the reference (:func:`validate`), then all impls that passed (and ``copy_`` at
+    the op's footprint) are timed interleaved (:func:`time_interleaved`). Rows hold, per
+    (op, case, threads, impl): ``us`` (median microseconds per call), ``gbps`` (bytes moved /
+    time), ``copy_gbps`` and ``pct_copy``; or ``error`` when the impl could not run here or
+    computed something else than the reference (``WRONG: ...``: not timed).
     """
     groups = plan(ops, sizes, compile, cases)
-    total = sum(len(impls) for _, _, impls in groups) * len(threads)
+    total = sum(len(impls) + 1 for _, _, impls in groups) * len(threads)
     saved_threads = torch.get_num_threads()
     res = Results(meta={
         "fastcl": fastcl.__version__, "torch": torch.__version__, "backend": fops.backend(),
         "cpu_isa": fops.cpu_isa(), "machine": platform.machine(), "processor": platform.processor(),
         "sizes": sizes, "threads": list(threads), "compile": compile, "min_run_time_s": min_run_time,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "timer": "interleaved blocks, median seconds per call (fastcl.benchmarks.ops.time_interleaved)",
     })
     if sizes != "full":
         res.notes.append(f"sizes={sizes}: " + ("1e7 and T=32 skipped" if sizes == "quick" else "test sizes"))
     if not compile:
         res.notes.append("torch.compile impls skipped (--quick or --no-compile)")
-    copy_cache: dict = {}
+    if fops.backend() == "reference":
+        res.notes.append("the extension is not loaded: every 'fused' row is the reference fallback")
     bar = _progress(total, progress)
     unavailable: dict[str, str] = {}
     try:
@@ -868,9 +890,9 @@ def run(ops: Optional[Sequence[str]] = None, sizes: str = "full", threads: Seque
             for t in threads:
                 torch.set_num_threads(t)
                 torch._dynamo.reset()
-                copy_gbps = copy_bandwidth(fbytes, t, min_run_time, copy_cache) if op.kind == "update" else None
+                rows, fns = {}, {}
                 for impl in impls:
-                    bar.set(f"{op.name} {case.name} t={t} {impl}")
+                    bar.set(f"{op.name} {case.name} t={t} {impl}: validate" + (" + compile" if impl.startswith("compile") else ""))
                     row = {"op": op.name, "case": case.name, "threads": t, "impl": impl, "bytes": nbytes,
                            "footprint": fbytes, "numel": case.numel, "tensors": case.ntensors}
                     try:
@@ -879,19 +901,35 @@ def run(ops: Optional[Sequence[str]] = None, sizes: str = "full", threads: Seque
                         fn = op.impls[impl](state)
                         validate(op, impl, state, fn, expected)
                         row["first_call_s"] = time.perf_counter() - t0
-                        m = time_fn(fn, t, min_run_time)
-                        us = m["median_s"] * 1e6
-                        row.update(us=us, iqr_us=m["iqr_s"] * 1e6, runs=m["runs"], per_run=m["per_run"],
-                                   gbps=nbytes / m["median_s"] / 1e9)
-                        if copy_gbps is not None:
-                            row.update(copy_gbps=copy_gbps, pct_copy=100.0 * row["gbps"] / copy_gbps)
+                        fns[impl] = fn
                     except AssertionError as err:
                         row["error"] = "WRONG: " + str(err).splitlines()[0][:300]
                     except Exception as err:  # noqa: BLE001  an impl that cannot run here
                         row["error"] = f"{type(err).__name__}: " + (str(err).splitlines() or [""])[0][:300]
-                    res.rows.append(row)
+                    rows[impl] = row
                     bar.step()
-                    del state
+                copy_bytes = None
+                if op.kind == "update" and fns:
+                    fns["copy_"], copy_bytes = copy_callable(fbytes)
+                    rows["copy_"] = {"op": op.name, "case": case.name, "threads": t, "impl": "copy_",
+                                     "bytes": copy_bytes, "footprint": fbytes, "numel": copy_bytes // (2 * ITEM),
+                                     "tensors": 2}
+                bar.set(f"{op.name} {case.name} t={t}: timing {len(fns)} impls interleaved")
+                timings = time_interleaved(fns, t, min_run_time)
+                for impl, m in timings.items():
+                    row = rows[impl]
+                    if "error" in m:
+                        row["error"] = m["error"].splitlines()[0][:300]
+                        continue
+                    row.update(us=m["median_s"] * 1e6, iqr_us=m["iqr_s"] * 1e6, min_us=m["min_s"] * 1e6,
+                               runs=m["runs"], per_run=m["per_run"], gbps=row["bytes"] / m["median_s"] / 1e9)
+                copy_gbps = rows.get("copy_", {}).get("gbps")
+                for impl, row in rows.items():
+                    if copy_gbps and "gbps" in row:
+                        row.update(copy_gbps=copy_gbps, pct_copy=100.0 * row["gbps"] / copy_gbps)
+                    res.rows.append(row)
+                bar.step()
+                del fns, rows
     finally:
         bar.close()
         torch.set_num_threads(saved_threads)
@@ -962,7 +1000,7 @@ def _speedup(other, fused) -> str:
 
 def update_table(res: Results) -> tuple[list[str], list[list[str]]]:
     idx = _index(res.rows)
-    header = ["op", "case", "thr", "fused us", "GB/s", "% copy_", "chain us", "loop us", "foreach us",
+    header = ["op", "case", "thr", "fused us", "GB/s", "% copy_", "copy_ GB/s", "chain us", "loop us", "foreach us",
               "compile us", "compile(foreach) us", "vs chain", "vs loop", "vs foreach", "vs compile",
               "vs compile(foreach)"]
     body = []
@@ -979,7 +1017,8 @@ def update_table(res: Results) -> tuple[list[str], list[list[str]]]:
         ok = f is not None and "us" in f
         body.append([
             r["op"], r["case"], str(r["threads"]), _fmt_us(f),
-            f"{f['gbps']:.1f}" if ok else "-", f"{f['pct_copy']:.0f}%" if ok else "-",
+            f"{f['gbps']:.1f}" if ok else "-", f"{f['pct_copy']:.0f}%" if ok and "pct_copy" in f else "-",
+            f"{get('copy_')['gbps']:.1f}" if get("copy_") and "gbps" in get("copy_") else "-",
             _fmt_us(get("chain")), _fmt_us(get("loop")), _fmt_us(get("foreach")), _fmt_us(get("compile")),
             _fmt_us(get("compile_foreach")),
             _speedup(get("chain"), f), _speedup(get("loop"), f), _speedup(get("foreach"), f),
