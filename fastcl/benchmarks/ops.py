@@ -42,9 +42,18 @@ trajectory_shift_    phi, thetas (T) + phi, thetas (T)          (2 + 2T) s
 copy_                src + dst                                        2 s
 ==================== ======================================== ====================
 
-``% copy_`` is the op's GB/s over the GB/s of ``dst.copy_(src)`` measured in the same run, at the
-same thread count, on a copy whose footprint (src + dst) equals the op's footprint (every
-distinct tensor it touches), so both run from the same level of the memory hierarchy.
+``% copy_`` is the op's GB/s over the GB/s of ``dst.copy_(src)`` (2 s per element) measured in
+the same rounds, at the same thread count, on a copy whose footprint (src + dst) equals the
+op's footprint (every distinct tensor it touches), so both run from the same level of the
+memory hierarchy. It can exceed 100%: ``copy_`` writes to lines it never read (a
+write-allocate read the count above does not see), an in-place op writes lines it just read.
+
+Timing (:func:`time_interleaved`): per (op, case, threads), every impl that passed validation
+and ``copy_`` are warmed up, then timed in rounds of one block of calls each (blocks of about
+``min_run_time / 20`` seconds, the order rotating), until each has run ``min_run_time`` seconds
+in at least 5 rounds; the figure is the median over blocks of the time per call. Interleaving
+makes a change of machine load hit every impl of a row alike, so the ratios stay meaningful on
+a busy machine even when the absolute times do not.
 
 Memory ops (``ring_insert+sample``): a batch of B = 10 MNIST-size examples (784 float32) is
 inserted into per-(task, class) rings (20 tasks x 10 classes x m = 5 slots, every ring full,
