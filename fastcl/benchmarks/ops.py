@@ -756,7 +756,7 @@ def time_fn(fn: Callable[[], Any], threads: int, min_run_time: float, warmup: in
 
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], threads: int, min_run_time: float, warmup: int = 3,
-                     min_rounds: int = 5, max_rounds: int = 400) -> dict[str, dict]:
+                     min_rounds: int = 5, max_rounds: int = 400, max_time: Optional[float] = None) -> dict[str, dict]:
     """Times several callables *interleaved*, so that a change of machine load hits all of them.
 
     Each callable is warmed up (``warmup`` calls; the fastest of them estimates its cost), then
@@ -764,8 +764,12 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], threads: int, min_run_ti
     block of every callable (the order rotates from round to round) until every callable has
     run for ``min_run_time`` seconds in at least ``min_rounds`` rounds. The result per callable:
     ``median_s`` (median over the blocks of seconds per call), ``iqr_s``, ``min_s``, ``runs``
-    (blocks) and ``per_run`` (calls per block); or ``error`` if a call raised.
+    (blocks), ``per_run`` (calls per block) and ``capped`` (True when the rounds stopped at
+    ``max_time``, default ``3 * min_run_time * len(fns)`` seconds, after at least 3 rounds: a
+    machine so busy that calls stall; the figures are then rough); or ``error`` if a call raised.
     """
+    if max_time is None:
+        max_time = 3.0 * min_run_time * max(1, len(fns))
     torch.set_num_threads(threads)
     clock = time.perf_counter
     block_s = max(min_run_time / 20, 1e-5)
@@ -783,8 +787,11 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], threads: int, min_run_ti
         number[name] = max(1, int(block_s / max(best, 1e-9)))
         samples[name], total[name] = [], 0.0
     names = list(number)
-    rounds = 0
+    rounds, start, capped = 0, clock(), False
     while names and rounds < max_rounds and (rounds < min_rounds or min(total[k] for k in names) < min_run_time):
+        if rounds >= 3 and clock() - start > max_time:
+            capped = True
+            break
         order = names[rounds % len(names):] + names[: rounds % len(names)]
         for name in order:
             fn, n = fns[name], number[name]
@@ -806,7 +813,7 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], threads: int, min_run_ti
         xs = torch.tensor(samples[name], dtype=torch.float64)
         q = torch.quantile(xs, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
         out[name] = {"median_s": q[1], "iqr_s": q[2] - q[0],
-                     "min_s": float(xs.min()), "runs": len(xs), "per_run": number[name]}
+                     "min_s": float(xs.min()), "runs": len(xs), "per_run": number[name], "capped": capped}
     return out
 
 
@@ -931,7 +938,8 @@ def run(ops: Optional[Sequence[str]] = None, sizes: str = "full", threads: Seque
                         row["error"] = m["error"].splitlines()[0][:300]
                         continue
                     row.update(us=m["median_s"] * 1e6, iqr_us=m["iqr_s"] * 1e6, min_us=m["min_s"] * 1e6,
-                               runs=m["runs"], per_run=m["per_run"], gbps=row["bytes"] / m["median_s"] / 1e9)
+                               runs=m["runs"], per_run=m["per_run"], capped=m["capped"],
+                               gbps=row["bytes"] / m["median_s"] / 1e9)
                 copy_gbps = rows.get("copy_", {}).get("gbps")
                 for impl, row in rows.items():
                     if copy_gbps and "gbps" in row:
@@ -945,6 +953,10 @@ def run(ops: Optional[Sequence[str]] = None, sizes: str = "full", threads: Seque
         torch._dynamo.reset()
     for name, why in unavailable.items():
         res.notes.append(f"{name}: {why}")
+    capped = sorted({f"{r['op']} {r['case']} t={r['threads']}" for r in res.rows if r.get("capped")})
+    if capped:
+        res.notes.append("timing stopped at its time cap (calls stalling: a busy machine; rough figures): "
+                         + ", ".join(capped))
     for row in res.rows:
         if "error" not in row:
             continue
