@@ -2,7 +2,7 @@
 
 The cases, impls, inputs and correctness checks are those of :mod:`fastcl.benchmarks.ops`
 (the ``fastcl bench ops`` command); this suite only times them with pytest-benchmark.
-Environment:
+Environment (read by test_ops.py):
 
 * ``FASTCL_BENCH_SIZES``: ``full`` (default), ``quick`` or ``tiny``;
 * ``FASTCL_BENCH_THREADS``: comma-separated thread counts (default ``1,2``);
@@ -12,14 +12,8 @@ Each (op, case, threads) is one pytest-benchmark group, with a ``copy_`` row of 
 footprint beside it, so ``--benchmark-group-by=group`` (the default here) compares them.
 """
 
-import os
-
 import pytest
 import torch
-
-SIZES = os.environ.get("FASTCL_BENCH_SIZES", "full")
-THREADS = [int(t) for t in os.environ.get("FASTCL_BENCH_THREADS", "1,2").split(",") if t.strip()]
-COMPILE = os.environ.get("FASTCL_BENCH_COMPILE", "1") not in ("", "0")
 
 
 def pytest_configure(config):
