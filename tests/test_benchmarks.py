@@ -191,3 +191,18 @@ def test_cli_rejects_bad_arguments(capsys):
     assert cli.main(["bench", "ops", "--sizes", "tiny", "--threads", "x"]) == 2
     assert cli.main(["bench", "ops", "--sizes", "tiny", "--ops", "nope"]) == 2
     assert "unknown op" in capsys.readouterr().err
+
+
+def test_time_interleaved_measures_and_reports_errors():
+    calls = {"a": 0}
+
+    def a():
+        calls["a"] += 1
+
+    def boom():
+        raise RuntimeError("no kernel")
+
+    out = B.time_interleaved({"a": a, "boom": boom}, threads=1, min_run_time=0.002)
+    assert out["a"]["median_s"] > 0 and out["a"]["runs"] >= 5 and calls["a"] >= out["a"]["runs"]
+    assert out["a"]["iqr_s"] >= 0 and out["a"]["min_s"] <= out["a"]["median_s"]
+    assert "no kernel" in out["boom"]["error"]
