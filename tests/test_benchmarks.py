@@ -84,7 +84,7 @@ def test_impl_matches_reference(op, case, impl, monkeypatch):
     B.validate(op, impl, state, op.impls[impl](state), expected)
 
 
-@pytest.mark.parametrize("opname", ["prox_sgd_", "taylor_importance_", "emcl_meta_step_", "trajectory_shift_"])
+@pytest.mark.parametrize("opname", ["prox_sgd_", "prox_sgd", "taylor_importance_", "emcl_meta_step_", "trajectory_shift_"])
 def test_impls_match_reference_on_real_sizes(opname):
     # The 1e5 case (and ResNet-18 T=2): the benchmark inputs themselves, every eager impl.
     op = B.OPS[opname]
@@ -99,7 +99,7 @@ def test_impls_match_reference_on_real_sizes(opname):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("opname", ["prox_sgd_", "taylor_importance_", "emcl_meta_step_", "trajectory_shift_"])
+@pytest.mark.parametrize("opname", ["prox_sgd_", "prox_sgd", "taylor_importance_", "emcl_meta_step_", "trajectory_shift_"])
 def test_compiled_impls_match_reference(opname):
     op = B.OPS[opname]
     case = B.cases_for(op, "tiny")[-1]  # the list case
@@ -177,7 +177,7 @@ def test_cli_bench_ops_quick_tiny(tmp_path, capsys):
     data = json.loads(out.read_text())
     rows = data["rows"]
     assert data["meta"]["threads"] == [1, 2]
-    for opname in ("prox_sgd_", "taylor_importance_", "emcl_meta_step_", "trajectory_shift_"):
+    for opname in ("prox_sgd_", "prox_sgd", "taylor_importance_", "emcl_meta_step_", "trajectory_shift_"):
         for impl in ("fused", "chain", "loop", "foreach"):
             got = [r for r in rows if r["op"] == opname and r["impl"] == impl]
             assert len(got) == 2 * len(B.cases_for(B.OPS[opname], "tiny"))
@@ -206,3 +206,21 @@ def test_time_interleaved_measures_and_reports_errors():
     assert out["a"]["median_s"] > 0 and out["a"]["runs"] >= 5 and calls["a"] >= out["a"]["runs"]
     assert out["a"]["iqr_s"] >= 0 and out["a"]["min_s"] <= out["a"]["median_s"]
     assert "no kernel" in out["boom"]["error"]
+
+
+def test_validate_out_of_place_checks_result_and_inputs():
+    op = B.OPS["prox_sgd"]
+    case = B.cases_for(op, "tiny")[-1]
+    base = op.make(case, 0)
+    expected = B.expected_state(op, base)
+    state = B.clone_state(base)
+    B.validate(op, "chain", state, op.impls["chain"](state), expected)
+
+    state = B.clone_state(base)
+
+    def writes_its_input():  # right result, but computed in place
+        B.prox_chain(state["params"], state["grads"], state["anchors"], state["importance"])
+        return [p.clone() for p in state["params"]]
+
+    with pytest.raises(AssertionError, match=r"params\[0\] differs"):
+        B.validate(op, "inplace", state, writes_its_input, expected)

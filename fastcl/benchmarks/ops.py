@@ -21,6 +21,9 @@ Before anything is timed, every impl runs once on its own copy of the benchmark 
 its result is compared with ``fastcl.ops.reference`` on the same inputs (rtol 1e-5,
 atol 1e-6): an impl that computes something else is reported as ``WRONG`` and not timed.
 
+``prox_sgd`` is the out-of-place, differentiable step: every impl returns new tensors, whose
+allocation (and, for large tensors, first-touch page faults) is part of what is timed.
+
 Cases: one float32 tensor of 1e5, 1e6, 1e7 elements; the parameter list of the MLP
 784-100-100-10 (6 tensors, 89,610 elements); the parameter list of the reduced ResNet-18 of
 GEM / HAL / EMCL (:func:`resnet18_reduced_shapes`: 62 tensors, 1,109,240 elements).
@@ -35,6 +38,7 @@ is the *effective* bandwidth, comparable across impls.
 op                   reads + writes                           bytes per element
 ==================== ======================================== ====================
 prox_sgd_            params, grads, anchors, importance + params      5 s
+prox_sgd             params, grads, anchors, importance + result      5 s
 taylor_importance_   importance, grads, params + importance           4 s
 emcl_meta_step_      params, fast_params, importance, meta_lrs,       8 s
                      grads + params, importance, meta_lrs
@@ -309,6 +313,49 @@ PROX_OP = Op(
     n_write=lambda c: 1,
     n_distinct=lambda c: 4,
     doc=f"lr={LR}, prox={PROX}",
+)
+
+
+# ---------------------------------------------------------------------------- prox_sgd (out of place)
+def prox_oop_chain(P, G, A, H):
+    """The out-of-place step tensor by tensor: new tensors, the inputs unchanged."""
+    out = []
+    for p, g, a, h in zip(P, G, A, H):
+        c = torch.mul(h, PROX)
+        n = torch.add(p, g, alpha=-LR)
+        n.addcmul_(c, a)
+        c.add_(1.0)
+        out.append(n.div_(c))
+    return out
+
+
+def prox_oop_foreach(P, G, A, H):
+    c = torch._foreach_mul(H, PROX)
+    n = torch._foreach_add(P, G, alpha=-LR)
+    torch._foreach_addcmul_(n, c, A)
+    torch._foreach_add_(c, 1.0)
+    torch._foreach_div_(n, c)
+    return n
+
+
+PROX_OOP_OP = Op(
+    name="prox_sgd",
+    kind="update",
+    cases=_list_cases,
+    make=_prox_make,
+    impls={
+        "fused": _eager(lambda P, G, A, H: fops.prox_sgd(P, G, A, H, LR, PROX), _PROX),
+        "chain": _eager(prox_oop_chain, _PROX),
+        "loop": _eager(lambda P, G, A, H: ref.prox_sgd(P, G, A, H, LR, PROX), _PROX),
+        "foreach": _eager(prox_oop_foreach, _PROX),
+        "compile": _compiled(prox_oop_chain, _PROX),
+        "compile_foreach": _compiled(prox_oop_foreach, _PROX),
+    },
+    written=(),  # returns new tensors; the check compares them and that the inputs are unchanged
+    n_read=lambda c: 4,
+    n_write=lambda c: 1,
+    n_distinct=lambda c: 5,
+    doc=f"out of place (returns new tensors: their allocation is part of the op), lr={LR}, prox={PROX}",
 )
 
 
@@ -684,7 +731,7 @@ RESERVOIR_OP = Op(
 _EXPECTED = {RING_OP.name: _ring_expected, SAMPLE_OP.name: _ring_expected,
              RESERVOIR_OP.name: _reservoir_expected}
 
-OPS: dict[str, Op] = {op.name: op for op in (PROX_OP, TAYLOR_OP, EMCL_OP, SHIFT_OP, RING_OP, SAMPLE_OP,
+OPS: dict[str, Op] = {op.name: op for op in (PROX_OP, PROX_OOP_OP, TAYLOR_OP, EMCL_OP, SHIFT_OP, RING_OP, SAMPLE_OP,
                                              RESERVOIR_OP)}
 
 
@@ -716,13 +763,13 @@ def expected_state(op: Op, state: State) -> tuple[State, Any]:
     """The state after one reference call on a copy of ``state`` (and its result)."""
     exp = clone_state(state)
     if op.kind == "update":
-        OPS_REF[op.name](exp)
-        return exp, None
+        return exp, OPS_REF[op.name](exp)
     return exp, _EXPECTED[op.name](exp)
 
 
-OPS_REF: dict[str, Callable[[State], None]] = {
+OPS_REF: dict[str, Callable[[State], Any]] = {
     "prox_sgd_": lambda s: ref.prox_sgd_(s["params"], s["grads"], s["anchors"], s["importance"], LR, PROX),
+    "prox_sgd": lambda s: ref.prox_sgd(s["params"], s["grads"], s["anchors"], s["importance"], LR, PROX),
     "taylor_importance_": lambda s: ref.taylor_importance_(s["importance"], s["grads"], s["params"], DECAY),
     "emcl_meta_step_": lambda s: _emcl_ref(s["params"], s["fast_params"], s["importance"], s["meta_lrs"], s["grads"]),
     "trajectory_shift_": lambda s: ref.trajectory_shift_(s["phi"], s["thetas"], META_LR, True),
@@ -735,12 +782,18 @@ def validate(op: Op, impl: str, state: State, fn: Callable[[], Any], expected: t
     result = fn()
     exp, exp_result = expected
     if op.kind == "update":
-        for name in op.written:
-            for i, (a, e) in enumerate(zip(state[name], exp[name])):
-                try:
-                    torch.testing.assert_close(a, e, rtol=RTOL, atol=ATOL)
-                except AssertionError as err:
-                    raise AssertionError(f"{op.name}/{impl}: {name}[{i}] differs from the reference: {err}") from None
+        pairs = [(f"{name}[{i}]", a, e) for name in op.written for i, (a, e) in enumerate(zip(state[name], exp[name]))]
+        if exp_result is not None:  # out-of-place: the returned tensors, and every input unchanged
+            if not isinstance(result, (list, tuple)) or len(result) != len(exp_result):
+                raise AssertionError(f"{op.name}/{impl}: returned {type(result).__name__}, expected "
+                                     f"{len(exp_result)} tensors: differs from the reference")
+            pairs += [(f"result[{i}]", a, e) for i, (a, e) in enumerate(zip(result, exp_result))]
+            pairs += [(f"{name}[{i}]", a, e) for name in state for i, (a, e) in enumerate(zip(state[name], exp[name]))]
+        for what, a, e in pairs:
+            try:
+                torch.testing.assert_close(a, e, rtol=RTOL, atol=ATOL)
+            except AssertionError as err:
+                raise AssertionError(f"{op.name}/{impl}: {what} differs from the reference: {err}") from None
     else:
         try:
             op.check(impl, state, exp, result, exp_result)
