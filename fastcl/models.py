@@ -1,30 +1,96 @@
-"""Models of the papers: MLPs for the MNIST streams, the reduced ResNet-18 for split streams."""
+"""Networks of the continual-learning papers fastcl implements.
+
+* :class:`MLP`: the fully connected net of the MNIST streams (784-100-100-10 in GEM, HAL, EMCL).
+* :class:`ReducedResNet18`: the ResNet-18 of GEM / HAL / EMCL on CIFAR-100 and miniImageNet:
+  BasicBlocks [2, 2, 2, 2], a 3x3 convolutional stem (no max-pool), ``nf = 20`` initial
+  feature maps (three times fewer than the usual 64), stages of ``nf, 2nf, 4nf, 8nf`` maps,
+  BatchNorm after every convolution, global average pooling and a linear head.
+"""
 
 from __future__ import annotations
 
 from typing import Sequence
 
-from torch import nn
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
 
-__all__ = ["MLP"]
+__all__ = ["MLP", "BasicBlock", "ReducedResNet18", "param_shapes"]
 
 
 class MLP(nn.Sequential):
-    """Fully connected ReLU network.
+    """Fully connected ReLU net; ``sizes`` are the widths from input to output (784, 100, 100, 10)."""
 
-    HAL's MNIST model is ``MLP(784, [256, 256], 10)``; EMCL / La-MAML use ``[100, 100]``.
+    def __init__(self, sizes: Sequence[int] = (784, 100, 100, 10)):
+        layers: list[nn.Module] = [nn.Flatten()]
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layers.append(nn.Linear(fan_in, fan_out))
+            if i < len(sizes) - 2:
+                layers.append(nn.ReLU())
+        super().__init__(*layers)
 
-    Args:
-        in_features: input size (784 for flattened MNIST).
-        hidden: sizes of the hidden layers.
-        out_features: number of classes.
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with BatchNorm and a residual connection (He et al., 2016).
+
+    The shortcut is a strided 1x1 convolution + BatchNorm when the block changes the number of
+    maps or the resolution, the identity otherwise.
     """
 
-    def __init__(self, in_features: int = 784, hidden: Sequence[int] = (256, 256), out_features: int = 10):
-        layers: list[nn.Module] = []
-        prev = in_features
-        for h in hidden:
-            layers += [nn.Linear(prev, h), nn.ReLU()]
-            prev = h
-        layers.append(nn.Linear(prev, out_features))
-        super().__init__(*layers)
+    def __init__(self, in_maps: int, out_maps: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_maps, out_maps, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_maps)
+        self.conv2 = nn.Conv2d(out_maps, out_maps, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_maps)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_maps != out_maps:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_maps, out_maps, 1, stride=stride, bias=False), nn.BatchNorm2d(out_maps)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ReducedResNet18(nn.Module):
+    """ResNet-18 with ``nf`` initial maps (20 in GEM / HAL / EMCL), for 3-channel images.
+
+    Args:
+        num_classes: outputs of the linear head (100 for CIFAR-100 / miniImageNet splits).
+        nf: maps of the stem and of the first stage; the stages have nf, 2nf, 4nf, 8nf.
+        in_channels: input channels (3).
+
+    Input ``[B, in_channels, H, W]`` (32x32 for CIFAR), output ``[B, num_classes]`` logits.
+    """
+
+    def __init__(self, num_classes: int = 100, nf: int = 20, in_channels: int = 3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, nf, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(nf)
+        stages = []
+        in_maps = nf
+        for i, blocks in enumerate((2, 2, 2, 2)):
+            out_maps = nf * 2**i
+            layers = []
+            for b in range(blocks):
+                layers.append(BasicBlock(in_maps, out_maps, stride=(1 if i == 0 or b > 0 else 2)))
+                in_maps = out_maps
+            stages.append(nn.Sequential(*layers))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.linear = nn.Linear(in_maps, num_classes)
+
+    def features(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(self.features(x))
+
+
+def param_shapes(model: nn.Module) -> list[tuple[int, ...]]:
+    """The shapes of ``model.parameters()``, in order."""
+    return [tuple(p.shape) for p in model.parameters()]

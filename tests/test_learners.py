@@ -31,14 +31,14 @@ def _stream(num_tasks=3, n=60, d=20, classes=4, seed=0, multi_head=False):
 def _er(stream, seed=0, m=2):
     torch.manual_seed(seed)
     tc = [t.classes for t in stream] if stream.multi_head else None
-    return ERRing(MLP(20, [32], stream.num_classes), stream.num_classes, (20,),
+    return ERRing(MLP((20, 32, stream.num_classes)), stream.num_classes, (20,),
                   ERConfig(lr=0.05, per_class=m, num_tasks=len(stream), seed=seed), task_classes=tc)
 
 
 def test_finetune_learns_a_task():
     s = _stream(num_tasks=1, n=200)
     torch.manual_seed(0)
-    learner = Finetune(MLP(20, [32], 4), 4, (20,), FinetuneConfig(lr=0.05))
+    learner = Finetune(MLP((20, 32, 4)), 4, (20,), FinetuneConfig(lr=0.05))
     res = run_stream(learner, s, progress=False)
     assert res.acc.values[0, 0] > 0.8
 
