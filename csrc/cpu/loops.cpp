@@ -30,7 +30,7 @@ std::string isa_name() {
 }
 
 // Block size of the trajectory shift: the running sums of one block live on the stack.
-constexpr int64_t kShiftBlock = 512;
+constexpr int64_t kShiftBlock = 1024;
 
 #define FASTCL_DEFINE_LOOPS(T)                                                                   \
   FASTCL_CLONES void sgd_loop(T* out, const T* p, const T* g, T lr, int64_t n) {                \

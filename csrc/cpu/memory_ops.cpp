@@ -8,10 +8,12 @@
 // (float32/64, float16, bfloat16, uint8 images, ...).
 //
 // Randomness: ring_sample and reservoir_insert_ draw their uniforms exactly as the references
-// in fastcl/ops/reference.py do (`at::rand({n}, generator, kDouble)` on the device of the
-// tensors) and apply the same formulas, so given the same generator state they return the
+// in fastcl/ops/reference.py do (the numbers of `torch.rand(n, generator=..., dtype=float64)`,
+// see uniforms() below) and apply the same formulas, so given the same generator state they return the
 // same indices, bit for bit.
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/DistributionsHelper.h>
 #include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -188,6 +190,20 @@ void ring_insert_(const at::Tensor& data, const at::Tensor& counts, const at::Te
   copy_rows(data, src, src_row, dst_row);
 }
 
+
+// n uniforms in [0, 1), the very numbers `at::rand({n}, generator, kDouble)` returns on the CPU
+// (ATen's CPU uniform kernel draws at::uniform_real_distribution<double> element by element
+// under the generator's lock), without allocating a tensor or dispatching a kernel: the draw is
+// on the hot path of every replay step. The tests compare against at::rand-based references.
+void uniforms(std::optional<at::Generator> generator, int64_t n, std::vector<double>& out) {
+  out.resize(static_cast<size_t>(n));
+  auto* gen = at::get_generator_or_default<at::CPUGeneratorImpl>(
+      generator, at::detail::getDefaultCPUGenerator());
+  std::lock_guard<std::mutex> lock(gen->mutex_);
+  at::uniform_real_distribution<double> uniform(0.0, 1.0);
+  for (int64_t i = 0; i < n; ++i) out[i] = uniform(gen);
+}
+
 // ---------------------------------------------------------------------------- ring_sample
 at::Tensor ring_sample(const at::Tensor& counts, int64_t m, at::IntArrayRef tasks, int64_t n,
                        std::optional<at::Generator> generator) {
@@ -221,9 +237,10 @@ at::Tensor ring_sample(const at::Tensor& counts, int64_t m, at::IntArrayRef task
   }
   TORCH_CHECK_VALUE(total > 0, "cannot sample: tasks ", tasks, " hold no examples");
 
-  const at::Tensor u = at::rand({n}, generator, counts.options().dtype(at::kDouble));
+  std::vector<double> u;
+  uniforms(generator, n, u);
   at::Tensor out = at::empty({n}, counts.options().dtype(at::kLong));
-  const double* up = u.const_data_ptr<double>();
+  const double* up = u.data();
   int64_t* op = out.mutable_data_ptr<int64_t>();
   const double total_d = static_cast<double>(total);
   const bool one_ring = ends.size() == 1;
@@ -272,10 +289,11 @@ at::Tensor reservoir_insert_(const at::Tensor& data, const at::Tensor& labels,
   check_no_overlap("labels", labels, "tasks", tasks);
 
   // ---- slots: algorithm R with the reference's B uniforms (drawn even when all are kept) ----
-  const at::Tensor u = at::rand({b}, generator, data.options().dtype(at::kDouble));
+  std::vector<double> u;
+  uniforms(generator, b, u);
   at::Tensor slots = at::empty({b}, data.options().dtype(at::kLong));
   if (b == 0) return slots;
-  const double* up = u.const_data_ptr<double>();
+  const double* up = u.data();
   int64_t* sp = slots.mutable_data_ptr<int64_t>();
   for (int64_t i = 0; i < b; ++i) sp[i] = k::reservoir_slot(n_seen + i, up[i], cap);
 
