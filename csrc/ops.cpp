@@ -5,6 +5,7 @@
 // kernels, vmap rules and autograd formulas are registered from Python, beside the
 // public wrappers in fastcl/ops/.
 #include <Python.h>
+#include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include "cpu/isa.h"
@@ -55,6 +56,9 @@ TORCH_LIBRARY(fastcl, m) {
   m.def("ring_insert_(Tensor(a!) data, Tensor(b!) counts, Tensor x, Tensor y, int task) -> ()");
   // n slot indices drawn uniformly (with replacement) from the filled slots of `tasks`.
   m.def("ring_sample(Tensor counts, int m, int[] tasks, int n, Generator? generator=None) -> Tensor");
+  // ring_sample and the gather of what it drew, in one call: (rows, labels, task ids, indices).
+  m.def("ring_sample_rows(Tensor data, Tensor counts, int[] tasks, int n, Generator? generator=None) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
   // Algorithm R for a batch; returns the slot each example went to (-1: not kept).
   m.def("reservoir_insert_(Tensor(a!) data, Tensor(b!) labels, Tensor(c!) tasks, Tensor x, "
         "Tensor y, int task, int n_seen, Generator? generator=None) -> Tensor");
@@ -62,6 +66,33 @@ TORCH_LIBRARY(fastcl, m) {
   // ---- build facts ----
   m.def("cpu_isa() -> str", &cpu_isa);
   m.def("cuda_built() -> bool", &cuda_built);
+}
+
+// ring_sample_rows on any backend without a fused kernel of its own (CUDA): ring_sample, then
+// the gathers. The CPU kernel (csrc/cpu/memory_ops.cpp) does it in one pass.
+static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ring_sample_rows_composite(
+    const at::Tensor& data, const at::Tensor& counts, at::IntArrayRef tasks, int64_t n,
+    std::optional<at::Generator> generator) {
+  TORCH_CHECK_TYPE(counts.scalar_type() == at::kLong && counts.dim() == 2,
+                   "counts must be a 2-d int64 tensor [num_tasks, num_classes], got ",
+                   counts.scalar_type(), " ", counts.sizes());
+  const int64_t rings = counts.size(0) * counts.size(1);
+  const int64_t rows = data.dim() >= 1 ? data.size(0) : 0;
+  TORCH_CHECK_VALUE(rings > 0 && rows > 0 && rows % rings == 0,
+                    "data must have num_tasks*num_classes*m rows with m >= 1; got ", rows,
+                    " rows for ", rings, " rings");
+  const int64_t m = rows / rings;
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("fastcl::ring_sample", "")
+                       .typed<at::Tensor(const at::Tensor&, int64_t, at::IntArrayRef, int64_t,
+                                         std::optional<at::Generator>)>();
+  at::Tensor index = op.call(counts, m, tasks, n, generator);
+  return {data.index_select(0, index), at::remainder(at::floor_divide(index, m), counts.size(1)),
+          at::floor_divide(index, m * counts.size(1)), index};
+}
+
+TORCH_LIBRARY_IMPL(fastcl, CompositeExplicitAutograd, m) {
+  m.impl("ring_sample_rows", &ring_sample_rows_composite);
 }
 
 }  // namespace fastcl

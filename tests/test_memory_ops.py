@@ -389,3 +389,56 @@ def test_reservoir_insert_rejects_shared_labels_and_tasks():
     with pytest.raises(ValueError, match="labels and tasks"):
         ops.reservoir_insert_(a["data"], a["labels"], a["labels"], a["x"], a["y"], 1, 0)
     assert torch.equal(a["data"], before) and not a["labels"].any()
+
+
+# ---------------------------------------------------------------------------- ring_sample_rows
+@given(sample_cases(), st.sampled_from(DTYPES), st.sampled_from(FEATS), st.booleans())
+def test_ring_sample_rows_equals_reference(case, dtype, feat, strided):
+    counts = torch.tensor(case["counts"], dtype=torch.int64).view(case["num_tasks"], case["num_classes"])
+    m, tasks, n = case["m"], case["tasks"], case["n"]
+    rows = case["num_tasks"] * case["num_classes"] * m
+    data = storage((rows,) + feat, dtype, torch.Generator().manual_seed(case["seed"]), strided)
+    before = data.clone()
+    g1 = torch.Generator().manual_seed(case["seed"])
+    g2 = torch.Generator().manual_seed(case["seed"])
+    filled = counts.clamp(max=m)[sorted(set(tasks))].sum() if tasks else 0
+    if filled == 0:
+        for fn, g in ((ops.ring_sample_rows, g1), (R.ring_sample_rows, g2)):
+            with pytest.raises(ValueError, match="tasks"):
+                fn(data, counts, tasks, n, g)
+        assert same_state(g1, g2)
+        return
+    got = ops.ring_sample_rows(data, counts, tasks, n, g1)
+    want = R.ring_sample_rows(data, counts, tasks, n, g2)
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    assert same_state(g1, g2)
+    # the same draws as ring_sample, and the gathered rows are copies of them
+    assert torch.equal(got[3], R.ring_sample(counts, m, tasks, n, torch.Generator().manual_seed(case["seed"])))
+    assert torch.equal(data, before)
+    if n:
+        assert got[0].data_ptr() != data.data_ptr()
+
+
+def test_opcheck_ring_sample_rows():
+    data, counts, _, _ = _ring_args()
+    opcheck(ops.ring_sample_rows.default, (data, counts, [0, 1], 7))
+    opcheck(ops.ring_sample_rows.default, (data, counts, [0, 1], 7), {"generator": torch.Generator().manual_seed(0)},
+            test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+@pytest.mark.parametrize("bad, exc, word", [
+    (dict(data=torch.zeros(11, 4)), ValueError, "data"),
+    (dict(counts=torch.zeros(2, 3, dtype=torch.int32)), TypeError, "counts"),
+    (dict(tasks=[2]), ValueError, "tasks"),
+    (dict(n=-1), ValueError, "n"),
+])
+def test_ring_sample_rows_bad_input(bad, exc, word):
+    for fn in (ops.ring_sample_rows, R.ring_sample_rows):
+        a = dict(data=torch.zeros(12, 4), counts=torch.ones(2, 3, dtype=torch.int64), tasks=[0], n=3)
+        a.update(bad)
+        g = torch.Generator().manual_seed(1)
+        state = g.get_state()
+        with pytest.raises(exc, match=word):
+            fn(a["data"], a["counts"], a["tasks"], a["n"], g)
+        assert torch.equal(g.get_state(), state)

@@ -205,8 +205,9 @@ void uniforms(std::optional<at::Generator> generator, int64_t n, std::vector<dou
 }
 
 // ---------------------------------------------------------------------------- ring_sample
-at::Tensor ring_sample(const at::Tensor& counts, int64_t m, at::IntArrayRef tasks, int64_t n,
-                       std::optional<at::Generator> generator) {
+// The draws of ring_sample as row indices (checks included; see the reference for the law).
+void sample_rows(const at::Tensor& counts, int64_t m, at::IntArrayRef tasks, int64_t n,
+                 std::optional<at::Generator> generator, int64_t* op) {
   check_counts(counts);
   TORCH_CHECK_VALUE(m >= 1, "m must be an int >= 1, got ", m);
   TORCH_CHECK_VALUE(n >= 0, "n must be an int >= 0, got ", n);
@@ -239,20 +240,65 @@ at::Tensor ring_sample(const at::Tensor& counts, int64_t m, at::IntArrayRef task
 
   std::vector<double> u;
   uniforms(generator, n, u);
-  at::Tensor out = at::empty({n}, counts.options().dtype(at::kLong));
-  const double* up = u.data();
-  int64_t* op = out.mutable_data_ptr<int64_t>();
   const double total_d = static_cast<double>(total);
   const bool one_ring = ends.size() == 1;
   for (int64_t i = 0; i < n; ++i) {
     // k = floor(U * N) clamped to N - 1, as the reference.
-    const int64_t kk = std::min(static_cast<int64_t>(std::floor(up[i] * total_d)), total - 1);
+    const int64_t kk = std::min(static_cast<int64_t>(std::floor(u[i] * total_d)), total - 1);
     const size_t r =
         one_ring ? 0 : std::upper_bound(ends.begin(), ends.end(), kk) - ends.begin();
     const int64_t start = r == 0 ? 0 : ends[r - 1];
     op[i] = base[r] + (kk - start);
   }
+}
+
+at::Tensor ring_sample(const at::Tensor& counts, int64_t m, at::IntArrayRef tasks, int64_t n,
+                       std::optional<at::Generator> generator) {
+  at::Tensor out = at::empty({std::max<int64_t>(n, 0)}, counts.options().dtype(at::kLong));
+  sample_rows(counts, m, tasks, n, generator, out.mutable_data_ptr<int64_t>());
   return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ring_sample_rows(
+    const at::Tensor& data, const at::Tensor& counts, at::IntArrayRef tasks, int64_t n,
+    std::optional<at::Generator> generator) {
+  check_counts(counts);
+  const int64_t num_tasks = counts.size(0), num_classes = counts.size(1);
+  const int64_t rings = num_tasks * num_classes;
+  const int64_t rows = data.dim() >= 1 ? data.size(0) : 0;
+  TORCH_CHECK_VALUE(rings > 0 && rows > 0 && rows % rings == 0,
+                    "data must have num_tasks*num_classes*m rows with m >= 1; got ", rows,
+                    " rows for ", rings, " rings");
+  TORCH_CHECK_VALUE(data.device() == counts.device(), "data is on ", data.device(),
+                    " but counts is on ", counts.device());
+  const int64_t m = rows / rings;
+  at::Tensor index = at::empty({std::max<int64_t>(n, 0)}, counts.options().dtype(at::kLong));
+  int64_t* ip = index.mutable_data_ptr<int64_t>();
+  sample_rows(counts, m, tasks, n, generator, ip);
+
+  std::vector<int64_t> shape(data.sizes().begin(), data.sizes().end());
+  shape[0] = n;
+  at::Tensor out = at::empty(shape, data.options());
+  at::Tensor labels = at::empty({n}, index.options());
+  at::Tensor task_ids = at::empty({n}, index.options());
+  int64_t* lp = labels.mutable_data_ptr<int64_t>();
+  int64_t* tp = task_ids.mutable_data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    lp[i] = (ip[i] / m) % num_classes;
+    tp[i] = ip[i] / (m * num_classes);
+  }
+  if (n > 0 && data.numel() > 0) {
+    if (rows_memcpy_ok(data)) {
+      const int64_t row_bytes = data.stride(0) * data.element_size();
+      const char* src = static_cast<const char*>(data.const_data_ptr());
+      char* dst = static_cast<char*>(out.mutable_data_ptr());
+      for (int64_t i = 0; i < n; ++i)
+        std::memcpy(dst + i * row_bytes, src + ip[i] * row_bytes, static_cast<size_t>(row_bytes));
+    } else {
+      out.copy_(data.index_select(0, index));
+    }
+  }
+  return {out, labels, task_ids, index};
 }
 
 // ---------------------------------------------------------------------------- reservoir_insert_
@@ -347,6 +393,7 @@ at::Tensor reservoir_insert_(const at::Tensor& data, const at::Tensor& labels,
 TORCH_LIBRARY_IMPL(fastcl, CPU, m) {
   m.impl("ring_insert_", &ring_insert_);
   m.impl("ring_sample", &ring_sample);
+  m.impl("ring_sample_rows", &ring_sample_rows);
   m.impl("reservoir_insert_", &reservoir_insert_);
 }
 

@@ -571,8 +571,9 @@ def ring_insert_fused(data, counts, x, y, task):
 
 
 def sample_fused(data, counts, gen):
-    idx = fops.ring_sample(counts, RING_M, ALL_TASKS, N_SAMPLE, gen)
-    return idx, data.index_select(0, idx)
+    """``ring_sample_rows``: the draw and the gather of the rows in one call."""
+    rows, _, _, idx = fops.ring_sample_rows(data, counts, ALL_TASKS, N_SAMPLE, gen)
+    return idx, rows
 
 
 def sample_reference(data, counts, gen):

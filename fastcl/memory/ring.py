@@ -134,8 +134,10 @@ class RingBuffer:
             ``(x, y, task_ids)``: ``[n, *example_shape]`` examples (a copy), ``[n]`` int64
             labels and ``[n]`` int64 task ids.
         """
-        idx = self.sample_indices(n, tasks, generator)
-        return self.data.index_select(0, idx), self._row_label.index_select(0, idx), self._row_task.index_select(0, idx)
+        n = as_int("n", n, low=0)
+        sel = self._selection(tasks)
+        rows, labels, task_ids, _ = ops.ring_sample_rows(self.data, self.counts, sel, n, generator)
+        return rows, labels, task_ids
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:

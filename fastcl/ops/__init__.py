@@ -32,6 +32,7 @@ __all__ = [
     "trajectory_shift_",
     "ring_insert_",
     "ring_sample",
+    "ring_sample_rows",
     "reservoir_insert_",
     "reference",
     "LR_MODES",
@@ -141,6 +142,15 @@ def ring_sample(counts: Tensor, m: int, tasks: Sequence[int], n: int,
     if not HAVE_EXT:
         return reference.ring_sample(counts, m, tasks, n, generator)
     return _ops.ring_sample(counts, m, list(tasks), n, generator)
+
+
+def ring_sample_rows(data: Tensor, counts: Tensor, tasks: Sequence[int], n: int,
+                     generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`ring_sample` plus the gather of rows, labels and task ids, in one call;
+    see :func:`reference.ring_sample_rows`."""
+    if not HAVE_EXT:
+        return reference.ring_sample_rows(data, counts, tasks, n, generator)
+    return _ops.ring_sample_rows(data, counts, list(tasks), n, generator)
 
 
 def reservoir_insert_(data: Tensor, labels: Tensor, tasks: Tensor, x: Tensor, y: Tensor, task: int,

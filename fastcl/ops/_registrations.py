@@ -58,6 +58,12 @@ def _ring_sample_fake(counts, m, tasks, n, generator=None):
     return counts.new_empty((n,), dtype=torch.int64)
 
 
+@register_fake("fastcl::ring_sample_rows")
+def _ring_sample_rows_fake(data, counts, tasks, n, generator=None):
+    idx = counts.new_empty((n,), dtype=torch.int64)
+    return data.new_empty((n, *data.shape[1:])), idx.clone(), idx.clone(), idx
+
+
 @register_fake("fastcl::reservoir_insert_")
 def _reservoir_fake(data, labels, tasks, x, y, task, n_seen, generator=None):
     return x.new_empty((x.shape[0],), dtype=torch.int64)

@@ -30,6 +30,7 @@ __all__ = [
     "trajectory_shift_",
     "ring_insert_",
     "ring_sample",
+    "ring_sample_rows",
     "reservoir_insert_",
     "LR_MODES",
 ]
@@ -489,6 +490,34 @@ def ring_sample(counts: Tensor, m: int, tasks: Sequence[int], n: int,
     ring = torch.searchsorted(ends, k, right=True)
     offset = k - (ends[ring] - fills[ring])
     return ring * m + offset
+
+
+def ring_sample_rows(data: Tensor, counts: Tensor, tasks: Sequence[int], n: int,
+                     generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`ring_sample` and the gather of what it drew, in one call.
+
+    ``m`` is ``data.shape[0] // (num_tasks * num_classes)``; the draws are those of
+    :func:`ring_sample` with the same generator state.
+
+    Returns:
+        ``(rows, labels, task_ids, index)``: ``[n, *feat]`` copies of the drawn rows of ``data``,
+        their labels ``index // m % num_classes``, their tasks ``index // (m * num_classes)``,
+        and the ``[n]`` int64 row indices.
+    """
+    if not isinstance(data, Tensor) or not isinstance(counts, Tensor):
+        raise TypeError("data and counts must be tensors")
+    if counts.dtype != torch.int64 or counts.dim() != 2:
+        raise TypeError(f"counts must be a 2-d int64 tensor [num_tasks, num_classes], got {counts.dtype} {tuple(counts.shape)}")
+    rings = counts.shape[0] * counts.shape[1]
+    rows = data.shape[0] if data.dim() else 0
+    if rings == 0 or rows == 0 or rows % rings:
+        raise ValueError(f"data must have num_tasks*num_classes*m rows with m >= 1; got {rows} rows for {rings} rings")
+    if data.device != counts.device:
+        raise ValueError(f"data is on {data.device} but counts is on {counts.device}")
+    m = rows // rings
+    index = ring_sample(counts, m, tasks, n, generator)
+    num_classes = counts.shape[1]
+    return data[index], index // m % num_classes, index // (m * num_classes), index
 
 
 def reservoir_insert_(data: Tensor, labels: Tensor, tasks: Tensor, x: Tensor, y: Tensor, task: int,
