@@ -2,5 +2,7 @@
 
 from .base import Learner, LearnerConfig, ModelLearner
 from .er import ERConfig, ERRing, Finetune, FinetuneConfig
+from .hal import ANCHOR_KINDS, HAL, HALConfig
 
-__all__ = ["Learner", "LearnerConfig", "ModelLearner", "ERConfig", "ERRing", "Finetune", "FinetuneConfig"]
+__all__ = ["Learner", "LearnerConfig", "ModelLearner", "ERConfig", "ERRing", "Finetune", "FinetuneConfig",
+           "HAL", "HALConfig", "ANCHOR_KINDS"]

@@ -1,0 +1,328 @@
+"""Hindsight Anchor Learning (HAL; Chaudhry et al., "Using Hindsight to Anchor Past Knowledge in
+Continual Learning"), with the Random-Anchors and Data-Anchors ablations of its Table 3.
+
+Every step (Algorithm 1 of the paper):
+
+1. a replay batch ``B_M`` of previous tasks joins the incoming batch ``B`` (as in ER-Ring);
+2. the temporary step ``theta~ = theta - alpha * grad l(B u B_M)``;
+3. the anchoring update (Eq. 5): ``theta <- theta - alpha * grad[ l(B u B_M)
+   + lambda * sum_anchors ||f_theta(e) - f_theta~(e)||^2 ]`` with L2 over unnormalised logits.
+   The anchoring gradient flows through ``theta~`` exactly (second order: ``theta~`` is built with
+   ``create_graph``); ``first_order=True`` drops the Hessian term ``alpha * H0`` of Appendix D
+   (``theta~`` then moves with ``theta`` as ``theta + const``);
+4. the running mean embedding of the task (Eq. 8): ``phi_t <- beta*phi_t + (1-beta)*mean phi(B)``;
+5. ``B`` joins the ring memory (last ``m`` examples per class per task).
+
+At the end of a task: a copy of the model is fine-tuned on the memory of previous tasks
+(``theta_M``), then one anchor per class of the task is learned by gradient *ascent* on Eq. 9,
+``l(f_thetaM(e), y) - l(f_thetat(e), y) - gamma*||phi(e) - phi_t||^2``, and ``phi_t`` is discarded.
+
+Where the paper is silent this follows the authors' public code, as the issue asks: 50
+fine-tuning steps (batches of ``replay_batch`` from memory), anchors optimised with Adam (lr
+1e-3) for ``k = 100`` steps from the running-mean image of their class and clamped to the input
+range, and at most 10 anchors sampled per training step. ``beta`` (the embedding decay) is not
+given in the paper; 0.5 is the value of public HAL implementations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from .. import ops
+from .er import ERConfig, ERRing
+
+__all__ = ["HAL", "HALConfig", "ANCHOR_KINDS"]
+
+#: How anchors are made: learned in hindsight (HAL), random noise, or a stored example (Table 3).
+ANCHOR_KINDS = ("hindsight", "random", "data")
+
+
+@dataclass
+class HALConfig(ERConfig):
+    """HAL hyperparameters (defaults: the paper's grid choice for Permuted / Rotated MNIST).
+
+    Attributes:
+        lr: alpha, the step size of both steps of Eq. 5 and of the fine-tuning (0.1).
+        lam: lambda, weight of the anchoring term of Eq. 5 (0.1).
+        gamma: gamma, weight of the mean-embedding term of Eq. 9 (0.1).
+        beta: beta, decay of the running mean embedding of Eq. 8 (0.5; not in the paper).
+        k: gradient-ascent steps per anchor set (Eq. 9) (100).
+        anchor_lr: Adam learning rate of the anchor ascent (1e-3).
+        finetune_steps: SGD steps of the hindsight fine-tuning on the memory (50).
+        anchors_per_step: anchors sampled for the anchoring term of one step (10).
+        first_order: the first-order anchoring gradient of Appendix D instead of the exact one.
+        anchors: "hindsight" (HAL), "random" (Random-Anchors) or "data" (Data-Anchors).
+        input_range: the (low, high) range anchors are kept in.
+        anchor_reduction: "mean" (default) averages the squared logit changes over the sampled
+            anchors and the logits, as the public HAL code does; "sum" is Eq. 5 as printed. With
+            the paper's lambda = 0.1 the sum made the exact update diverge here (Permuted MNIST,
+            MLP 256-256: 11% accuracy after 6 tasks), while "mean" beats ER-Ring; lambda with
+            "sum" must be about 100x smaller (10 anchors x 10 logits) to match "mean".
+    """
+
+    lam: float = 0.1
+    gamma: float = 0.1
+    beta: float = 0.5
+    k: int = 100
+    anchor_lr: float = 1e-3
+    finetune_steps: int = 50
+    anchors_per_step: int = 10
+    first_order: bool = False
+    anchors: str = "hindsight"
+    input_range: tuple[float, float] = (0.0, 1.0)
+    anchor_reduction: str = "mean"
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("lam", "gamma", "anchor_lr"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.beta <= 1.0:
+            raise ValueError(f"beta must be in [0, 1], got {self.beta}")
+        for name in ("k", "finetune_steps", "anchors_per_step"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.anchor_reduction not in ("mean", "sum"):
+            raise ValueError(f"anchor_reduction must be 'mean' or 'sum', got {self.anchor_reduction!r}")
+        if self.anchors not in ANCHOR_KINDS:
+            raise ValueError(f"anchors must be one of {ANCHOR_KINDS}, got {self.anchors!r}")
+        lo, hi = self.input_range
+        if not lo < hi:
+            raise ValueError(f"input_range must be (low, high) with low < high, got {self.input_range}")
+
+
+def feature_extractor(model: nn.Module):
+    """phi: the model without its last layer (``model.features`` if it has one)."""
+    if hasattr(model, "features") and callable(model.features):
+        return model.features
+    if isinstance(model, nn.Sequential) and len(model) > 1:
+        return nn.Sequential(*list(model.children())[:-1])  # shares the model's modules
+    raise TypeError("HAL needs the model's feature extractor: give it a `features(x)` method "
+                    "or make it an nn.Sequential whose last module is the classifier")
+
+
+class HAL(ERRing):
+    """Hindsight Anchor Learning on top of ER-Ring (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, num_classes: int, input_shape: Sequence[int],
+                 config: Optional[HALConfig] = None, task_classes=None):
+        config = config or HALConfig()
+        if not isinstance(config, HALConfig):
+            raise TypeError(f"config must be a HALConfig, got {type(config).__name__}")
+        super().__init__(model, num_classes, input_shape, config, task_classes)
+        self.features = feature_extractor(model)
+        dtype = self.params[0].dtype
+        n_anchor = config.num_tasks * num_classes
+        # one anchor slot per (task, class); anchor_mask marks the learned ones
+        self.anchor_x = torch.zeros((n_anchor, *self.input_shape), dtype=dtype, device=self.device)
+        self.anchor_mask = torch.zeros(n_anchor, dtype=torch.bool, device=self.device)
+        # a generator of its own, so that HAL with lam = 0 replays exactly as ER-Ring does
+        self.anchor_generator = torch.Generator(device=self.device).manual_seed(config.seed + 7919)
+        self._reset_task_stats()
+
+    # ------------------------------------------------------------------ task statistics
+    def _reset_task_stats(self) -> None:
+        self.phi_t: Optional[Tensor] = None  # Eq. 8 running mean embedding (None = zero)
+        self.class_sum = torch.zeros((self.num_classes, *self.input_shape), dtype=self.params[0].dtype,
+                                     device=self.device)
+        self.class_count = torch.zeros(self.num_classes, dtype=torch.int64, device=self.device)
+
+    def _begin(self, task: int) -> None:
+        if task != self.current_task:
+            self._reset_task_stats()
+        super()._begin(task)
+
+    # ------------------------------------------------------------------ the anchoring step
+    def _anchor_batch(self, task: int) -> Optional[tuple[Tensor, Tensor]]:
+        """At most ``anchors_per_step`` learned anchors of tasks before ``task``: (e, task ids)."""
+        if self.config.lam == 0 or self.config.anchors_per_step == 0:
+            return None
+        past = self.anchor_mask[: task * self.num_classes].nonzero().flatten()
+        if past.numel() == 0:
+            return None
+        if past.numel() > self.config.anchors_per_step:
+            pick = torch.randperm(past.numel(), generator=self.anchor_generator, device=self.device)
+            past = past[pick[: self.config.anchors_per_step]]
+        return self.anchor_x[past], past // self.num_classes
+
+    def _head_logits(self, params: dict, x: Tensor, tasks) -> Tensor:
+        out = functional_call(self.model, params, (x,))
+        if self.task_classes is None:
+            return out
+        table = torch.stack([self._mask(t) for t in range(len(self.task_classes))])
+        return out.masked_fill(~table[tasks], 0.0)  # L2 over the task's own logits
+
+    def observe(self, x: Tensor, y: Tensor, task: int) -> float:
+        self._check_batch(x, y, task)
+        if task >= self.config.num_tasks:
+            raise ValueError(f"task {task} exceeds the memory's num_tasks={self.config.num_tasks}")
+        self._begin(task)
+        mem = self.replay(task)
+        if mem is None:
+            bx, by, bt = x, y, task
+        else:
+            mx, my, mt = mem
+            bx, by = torch.cat([x, mx]), torch.cat([y, my])
+            bt = torch.cat([torch.full_like(y, task), mt]) if self.task_classes is not None else task
+        loss = self.loss(bx, by, bt)
+        anchors = self._anchor_batch(task)
+        if anchors is None:
+            total = loss
+        else:
+            e, et = anchors
+            names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+            exact = not self.config.first_order
+            g = torch.autograd.grad(loss, self.params, create_graph=exact, retain_graph=True)
+            if not exact:
+                g = [gi.detach() for gi in g]
+            # theta~ = theta - alpha*g, the fused differentiable step (gradients flow to theta and g)
+            tilde = ops.prox_sgd(self.params, list(g), None, None, self.config.lr, 0.0)
+            p_now = dict(zip(names, self.params))
+            p_tilde = dict(zip(names, tilde))
+            diff = self._head_logits(p_now, e, et) - self._head_logits(p_tilde, e, et)
+            sq = diff.pow(2)
+            anchor_term = sq.sum() if self.config.anchor_reduction == "sum" else sq.mean()
+            total = loss + self.config.lam * anchor_term
+        self.sgd_step(total)
+        with torch.no_grad():
+            self._update_task_stats(x, y)
+        self.memory.add(x.detach(), y, task)
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def _update_task_stats(self, x: Tensor, y: Tensor) -> None:
+        emb = self.features(x).mean(0)  # Eq. 8
+        b = self.config.beta
+        self.phi_t = (1 - b) * emb if self.phi_t is None else b * self.phi_t + (1 - b) * emb
+        self.class_sum.index_add_(0, y, x.to(self.class_sum.dtype))
+        self.class_count += torch.bincount(y, minlength=self.num_classes)
+
+    # ------------------------------------------------------------------ anchors in hindsight
+    def _task_labels(self, task: int) -> list[int]:
+        if self.task_classes is not None:
+            return list(self.task_classes[task])
+        return list(range(self.num_classes))
+
+    def _finetuned_params(self, task: int) -> dict[str, Tensor]:
+        """theta_M: a copy of theta after ``finetune_steps`` SGD steps on the memory of tasks < task."""
+        names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        params = [p.detach().clone() for p in self.params]
+        if task == 0 or not any(self.memory.inserted[:task]):
+            return dict(zip(names, params))
+        buffers = dict(self.model.named_buffers())
+        for _ in range(self.config.finetune_steps):
+            mx, my, mt = self.memory.sample(self.config.replay_batch, tasks=range(task),
+                                            generator=self.anchor_generator)
+            for p in params:
+                p.requires_grad_(True)
+            out = functional_call(self.model, {**dict(zip(names, params)), **buffers}, (mx,))
+            if self.task_classes is not None:
+                table = torch.stack([self._mask(t) for t in range(len(self.task_classes))])
+                out = out.masked_fill(~table[mt], float("-inf"))
+            grads = torch.autograd.grad(F.cross_entropy(out, my), params)
+            with torch.no_grad():
+                params = [p.detach() for p in params]
+                ops.prox_sgd_(params, [g.detach() for g in grads], None, None, self.config.lr, 0.0)
+        return dict(zip(names, params))
+
+    def _initial_anchors(self, task: int, labels: list[int]) -> Tensor:
+        lo, hi = self.config.input_range
+        idx = torch.tensor(labels, device=self.device)
+        count = self.class_count[idx].clamp(min=1).to(self.class_sum.dtype)
+        means = self.class_sum[idx] / count.view(-1, *([1] * len(self.input_shape)))
+        if self.config.anchors == "random":
+            u = torch.rand((len(labels), *self.input_shape), generator=self.anchor_generator,
+                           device=self.device, dtype=means.dtype)
+            return lo + (hi - lo) * u
+        if self.config.anchors == "data":
+            # a stored example of the class and task: ring rows of (task, c) that are filled
+            m = self.memory.per_class
+            rows = []
+            for j, c in enumerate(labels):
+                filled = int(self.memory.counts[task, c].clamp(max=m))
+                if filled == 0:
+                    rows.append(means[j])
+                    continue
+                r = int(torch.randint(filled, (1,), generator=self.anchor_generator, device=self.device))
+                rows.append(self.memory.data[(task * self.num_classes + c) * m + r])
+            return torch.stack(rows).to(means.dtype)
+        return means.clamp(lo, hi)
+
+    def build_anchors(self, task: int) -> Tensor:
+        """Learn the anchors of ``task`` (Eq. 9) and store them; returns them ``[C, *input_shape]``."""
+        labels = self._task_labels(task)
+        e = self._initial_anchors(task, labels)
+        if self.config.anchors == "hindsight" and self.config.k > 0:
+            names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+            buffers = dict(self.model.named_buffers())
+            theta_m = {**self._finetuned_params(task), **buffers}
+            theta_t = {**dict(zip(names, [p.detach() for p in self.params])), **buffers}
+            y = torch.tensor(labels, device=self.device)
+            mask = self._mask(task) if self.task_classes is not None else None
+            phi_t = self.phi_t
+            lo, hi = self.config.input_range
+            e = e.clone().requires_grad_(True)
+            opt = torch.optim.Adam([e], lr=self.config.anchor_lr)
+            was = self.model.training
+            self.model.eval()
+            try:
+                for _ in range(self.config.k):
+                    out_m = functional_call(self.model, theta_m, (e,))
+                    out_t = functional_call(self.model, theta_t, (e,))
+                    if mask is not None:
+                        out_m = out_m.masked_fill(~mask, float("-inf"))
+                        out_t = out_t.masked_fill(~mask, float("-inf"))
+                    # Eq. 9, summed over the task's anchors; ascent = minimise its negative
+                    forgetting = (F.cross_entropy(out_m, y, reduction="sum")
+                                  - F.cross_entropy(out_t, y, reduction="sum"))
+                    objective = forgetting
+                    if phi_t is not None and self.config.gamma > 0:
+                        emb = self.features(e)  # phi at theta_t (the model's own parameters)
+                        objective = objective - self.config.gamma * (emb - phi_t).pow(2).sum()
+                    opt.zero_grad(set_to_none=True)
+                    (-objective).backward()
+                    opt.step()
+                    with torch.no_grad():
+                        e.clamp_(lo, hi)
+            finally:
+                self.model.train(was)
+                for p in self.params:
+                    p.grad = None
+            e = e.detach()
+        rows = torch.tensor([task * self.num_classes + c for c in labels], device=self.device)
+        self.anchor_x[rows] = e.to(self.anchor_x.dtype)
+        self.anchor_mask[rows] = True
+        return e
+
+    def end_task(self, task: int) -> None:
+        self._check_task(task)
+        self.build_anchors(task)
+        self._reset_task_stats()  # discard phi_t
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state.update({
+            "anchor_x": self.anchor_x.clone(),
+            "anchor_mask": self.anchor_mask.clone(),
+            "anchor_generator": self.anchor_generator.get_state(),
+            "phi_t": None if self.phi_t is None else self.phi_t.clone(),
+            "class_sum": self.class_sum.clone(),
+            "class_count": self.class_count.clone(),
+        })
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.anchor_x.copy_(state["anchor_x"])
+        self.anchor_mask.copy_(state["anchor_mask"])
+        self.anchor_generator.set_state(state["anchor_generator"])
+        self.phi_t = None if state["phi_t"] is None else state["phi_t"].clone()
+        self.class_sum = state["class_sum"].clone()
+        self.class_count = state["class_count"].clone()

@@ -1,0 +1,156 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from fastcl.algorithms import ERConfig, ERRing, HAL, HALConfig
+from fastcl.models import MLP
+from fastcl.train import run_stream
+
+from test_learners import _stream
+
+
+def _hal(stream, **kw):
+    torch.manual_seed(0)
+    kw = {"k": 5, "finetune_steps": 3, **kw}
+    cfg = HALConfig(lr=0.05, per_class=2, num_tasks=len(stream), **kw)
+    tc = [t.classes for t in stream] if stream.multi_head else None
+    return HAL(MLP((20, 16, stream.num_classes)), stream.num_classes, (20,), cfg, task_classes=tc)
+
+
+def test_lambda_zero_is_er_ring():
+    s = _stream()
+    torch.manual_seed(0)
+    er = ERRing(MLP((20, 16, 4)), 4, (20,), ERConfig(lr=0.05, per_class=2, num_tasks=3))
+    hal = _hal(s, lam=0.0)
+    r1 = run_stream(er, s, progress=False)
+    r2 = run_stream(hal, s, progress=False)
+    for a, b in zip(er.model.parameters(), hal.model.parameters()):
+        assert torch.equal(a, b)
+    assert (r1.acc.values == r2.acc.values).all()
+
+
+
+
+def test_exact_anchoring_gradient_matches_autograd():
+    """One HAL step equals theta - a*grad(l(B u BM) + lam*mean((f_theta(e) - f_theta~(e))^2)),
+    with theta~ = theta - a*grad l built with plain autograd (second order), and the
+    first-order option equals the same with grad l detached."""
+    s = _stream()
+    for first_order in (False, True):
+        hal = _hal(s, lam=0.5, first_order=first_order, anchors_per_step=100)
+        hal.model.double()
+        hal.params = [p for p in hal.model.parameters()]
+        hal.anchor_x = hal.anchor_x.double()
+        hal.class_sum = hal.class_sum.double()
+        hal.memory = type(hal.memory)(3, 4, 2, (20,), dtype=torch.float64)
+        t0 = s[0]
+        for i in range(0, 40, 10):
+            hal.observe(t0.x_train[i:i + 10].double(), t0.y_train[i:i + 10], 0)
+        hal.end_task(0)
+        x, y = s[1].x_train[:10].double(), s[1].y_train[:10]
+        # replay batch and anchors the step will use (same generator states)
+        g_state, a_state = hal.generator.get_state(), hal.anchor_generator.get_state()
+        mx, my, _ = hal.memory.sample(hal.config.replay_batch, tasks=range(1), generator=hal.generator)
+        e, _ = hal._anchor_batch(1)
+        hal.generator.set_state(g_state)
+        hal.anchor_generator.set_state(a_state)
+        names = [n for n, _ in hal.model.named_parameters()]
+        theta = [p.detach().clone().requires_grad_(True) for p in hal.params]
+        f = lambda ps, inp: functional_call(hal.model, dict(zip(names, ps)), (inp,))
+        loss = F.cross_entropy(f(theta, torch.cat([x, mx])), torch.cat([y, my]))
+        g = torch.autograd.grad(loss, theta, create_graph=True)
+        if first_order:
+            g = [gi.detach() for gi in g]
+        tilde = [p - hal.config.lr * gi for p, gi in zip(theta, g)]
+        total = loss + 0.5 * (f(theta, e) - f(tilde, e)).pow(2).mean()
+        grads = torch.autograd.grad(total, theta)
+        expected = [p - hal.config.lr * gi for p, gi in zip(theta, grads)]
+        hal.observe(x, y, 1)
+        for p, q in zip(hal.params, expected):
+            torch.testing.assert_close(p, q.detach(), rtol=1e-10, atol=1e-12)
+
+
+def test_first_order_differs_from_exact():
+    s = _stream()
+    params = []
+    for fo in (False, True):
+        hal = _hal(s, lam=1.0, first_order=fo)
+        run_stream(hal, s, progress=False)
+        params.append(torch.cat([p.detach().flatten() for p in hal.params]))
+    assert not torch.allclose(params[0], params[1])
+
+
+@pytest.mark.parametrize("kind", ["hindsight", "random", "data"])
+def test_anchors_one_per_class_in_range(kind):
+    s = _stream()
+    hal = _hal(s, anchors=kind, input_range=(-1.0, 2.0))
+    run_stream(hal, s, progress=False)
+    assert int(hal.anchor_mask.sum()) == 3 * 4
+    e = hal.anchor_x[hal.anchor_mask]
+    assert torch.isfinite(e).all()
+    if kind == "data":  # a stored example of its class and task (the toy data is not in range)
+        for t in range(3):
+            for c in range(4):
+                a = hal.anchor_x[t * 4 + c]
+                match = (s[t].x_train == a).all(1) & (s[t].y_train == c)
+                assert bool(match.any())
+    else:
+        assert e.min() >= -1.0 and e.max() <= 2.0
+
+
+def test_hindsight_anchors_raise_the_forgetting_objective():
+    """Eq. 9's ascent: the learned anchors score higher than their initialisation."""
+    s = _stream()
+    hal = _hal(s, k=50, anchor_lr=1e-2, gamma=0.0, input_range=(-10.0, 10.0))
+    for t in range(2):
+        for x, y in s[t].batches(10, torch.Generator().manual_seed(t)):
+            hal.observe(x, y, t)
+        if t == 0:
+            hal.end_task(0)
+    labels = list(range(4))
+    init = hal._initial_anchors(1, labels)
+    g_state = hal.anchor_generator.get_state()
+    theta_m = hal._finetuned_params(1)
+    hal.anchor_generator.set_state(g_state)
+    learned = hal.build_anchors(1)
+    y = torch.tensor(labels)
+
+    def objective(e):
+        with torch.no_grad():
+            out_m = functional_call(hal.model, theta_m, (e,))
+            return float(F.cross_entropy(out_m, y, reduction="sum") - F.cross_entropy(hal.model(e), y, reduction="sum"))
+
+    assert objective(learned) > objective(init)
+
+
+def test_hal_resume_is_exact(tmp_path):
+    s = _stream(multi_head=True)
+    full = run_stream(_hal(s), s, progress=False, seed=2)
+    ck = tmp_path / "hal.pt"
+    run_stream(_hal(s), s, progress=False, seed=2, checkpoint=ck, stop_after=2)
+    resumed = run_stream(_hal(s), s, progress=False, seed=2, checkpoint=ck, resume=True)
+    assert (full.acc.values == resumed.acc.values).all()
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(lam=-1.0), "lam"), (dict(gamma=-0.1), "gamma"), (dict(beta=1.5), "beta"),
+    (dict(k=-1), "k"), (dict(anchors="best"), "anchors"), (dict(input_range=(1.0, 0.0)), "input_range"),
+    (dict(anchor_reduction="max"), "anchor_reduction"),
+])
+def test_bad_config(kw, match):
+    with pytest.raises(ValueError, match=match):
+        HALConfig(**kw)
+
+
+def test_model_without_feature_extractor():
+    class Bare(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Linear(20, 4)
+
+        def forward(self, x):
+            return self.w(x)
+
+    with pytest.raises(TypeError, match="feature extractor"):
+        HAL(Bare(), 4, (20,), HALConfig(num_tasks=2))
