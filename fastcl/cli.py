@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
                              description=bench_ops.__doc__.split("\n\n")[0])
     bench_ops.add_arguments(q)
     q.set_defaults(func=_bench_ops)
+    from fastcl.benchmarks import learners as bench_learners
+
+    q = bench_sub.add_parser("learners", help="training throughput: ER-Ring and HAL vs a plain PyTorch loop",
+                             description=bench_learners.__doc__.split("\n\n")[0])
+    bench_learners.add_arguments(q)
+    q.set_defaults(func=bench_learners.main)
 
     from fastcl.data.streams import STREAMS
     from fastcl.experiments import LEARNERS
