@@ -151,12 +151,14 @@ class HAL(ERRing):
             past = past[pick[: self.config.anchors_per_step]]
         return self.anchor_x[past], past // self.num_classes
 
-    def _head_logits(self, params: dict, x: Tensor, tasks) -> Tensor:
-        out = functional_call(self.model, params, (x,))
+    def _masked(self, out: Tensor, tasks) -> Tensor:
         if self.task_classes is None:
             return out
         table = torch.stack([self._mask(t) for t in range(len(self.task_classes))])
         return out.masked_fill(~table[tasks], 0.0)  # L2 over the task's own logits
+
+    def _head_logits(self, params: dict, x: Tensor, tasks) -> Tensor:
+        return self._masked(functional_call(self.model, params, (x,)), tasks)
 
     def observe(self, x: Tensor, y: Tensor, task: int) -> float:
         self._check_batch(x, y, task)
@@ -173,23 +175,25 @@ class HAL(ERRing):
         loss = self.loss(bx, by, bt)
         anchors = self._anchor_batch(task)
         if anchors is None:
-            total = loss
+            self.sgd_step(loss)
         else:
             e, et = anchors
-            names = [n for n, p in self.model.named_parameters() if p.requires_grad]
             exact = not self.config.first_order
-            g = torch.autograd.grad(loss, self.params, create_graph=exact, retain_graph=True)
-            if not exact:
-                g = [gi.detach() for gi in g]
-            # theta~ = theta - alpha*g, the fused differentiable step (gradients flow to theta and g)
-            tilde = ops.prox_sgd(self.params, list(g), None, None, self.config.lr, 0.0)
-            p_now = dict(zip(names, self.params))
-            p_tilde = dict(zip(names, tilde))
-            diff = self._head_logits(p_now, e, et) - self._head_logits(p_tilde, e, et)
+            # grad of l(B u B_M); kept differentiable (create_graph) for the exact anchoring gradient
+            g = torch.autograd.grad(loss, self.params, create_graph=exact)
+            g_step = g if exact else [gi.detach() for gi in g]
+            # theta~ = theta - alpha*g: the fused differentiable step (gradients flow to theta and g)
+            tilde = ops.prox_sgd(self.params, list(g_step), None, None, self.config.lr, 0.0)
+            names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+            diff = self._masked(self.model(e), et) - self._head_logits(dict(zip(names, tilde)), e, et)
             sq = diff.pow(2)
             anchor_term = sq.sum() if self.config.anchor_reduction == "sum" else sq.mean()
-            total = loss + self.config.lam * anchor_term
-        self.sgd_step(total)
+            # grad of Eq. 5 = grad l + lambda * grad(anchor term): l's gradient is g already, so
+            # only the anchor term is back-propagated (through theta~ and, exact, through g)
+            g_anchor = torch.autograd.grad(self.config.lam * anchor_term, self.params, allow_unused=True)
+            total = [gi.detach() if ga is None else gi.detach() + ga for gi, ga in zip(g, g_anchor)]
+            with torch.no_grad():
+                ops.prox_sgd_(self.params, total, None, None, self.config.lr, 0.0)
         with torch.no_grad():
             self._update_task_stats(x, y)
         self.memory.add(x.detach(), y, task)
@@ -268,10 +272,15 @@ class HAL(ERRing):
             phi_t = self.phi_t
             lo, hi = self.config.input_range
             e = e.clone().requires_grad_(True)
-            opt = torch.optim.Adam([e], lr=self.config.anchor_lr)
+            # Adam (Kingma & Ba; beta1 0.9, beta2 0.999, eps 1e-8) written out: torch.optim's first
+            # use imports torch._dynamo, a one-off 2 s that would dominate HAL's anchor time
+            adam_m, adam_v = torch.zeros_like(e), torch.zeros_like(e)
             was = self.model.training
             self.model.eval()
+            for p in self.params:  # phi(e) at theta_t: no gradient into the model's parameters
+                p.requires_grad_(False)
             try:
+                step = 0
                 for _ in range(self.config.k):
                     out_m = functional_call(self.model, theta_m, (e,))
                     out_t = functional_call(self.model, theta_t, (e,))
@@ -285,15 +294,18 @@ class HAL(ERRing):
                     if phi_t is not None and self.config.gamma > 0:
                         emb = self.features(e)  # phi at theta_t (the model's own parameters)
                         objective = objective - self.config.gamma * (emb - phi_t).pow(2).sum()
-                    opt.zero_grad(set_to_none=True)
-                    (-objective).backward()
-                    opt.step()
+                    (g_e,) = torch.autograd.grad(-objective, e)
                     with torch.no_grad():
+                        step += 1
+                        adam_m.mul_(0.9).add_(g_e, alpha=0.1)
+                        adam_v.mul_(0.999).addcmul_(g_e, g_e, value=0.001)
+                        denom = (adam_v / (1 - 0.999 ** step)).sqrt_().add_(1e-8)
+                        e.addcdiv_(adam_m, denom, value=-self.config.anchor_lr / (1 - 0.9 ** step))
                         e.clamp_(lo, hi)
             finally:
                 self.model.train(was)
                 for p in self.params:
-                    p.grad = None
+                    p.requires_grad_(True)
             e = e.detach()
         rows = torch.tensor([task * self.num_classes + c for c in labels], device=self.device)
         self.anchor_x[rows] = e.to(self.anchor_x.dtype)
