@@ -305,3 +305,13 @@ def test_parallel_split_across_tensors(dtype):
             assert_matches(th[i], TH[i], scale=torch.full(TH[i].shape, 20.0), k=12, what=f"thetas[{i}]")
     finally:
         torch.set_num_threads(old)
+
+
+def test_emcl_stabilised_rate_is_a_true_division():
+    """r / (h + eps) with r = 0 over a denormal denominator is 0 (a regression: the reference once
+    computed it as r * reciprocal(h + eps) = 0 * inf = nan)."""
+    for impl in (F.emcl_meta_step_, R.emcl_meta_step_):
+        p = torch.zeros(3, dtype=torch.float64)
+        h, a = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+        impl([p], [p.clone()], [h], [a], [p.clone()], 0.0, 0.0, 0.0, 1, 0.5, 5e-324)
+        assert torch.equal(a, torch.zeros(3, dtype=torch.float64))

@@ -368,7 +368,9 @@ def emcl_meta_step_(params, fast_params, importance, meta_lrs, grads, lam: float
         if lr_mode == 0:
             new_a.append(a * r / (h_new + eps))
         else:
-            new_a.append(alpha0 * torch.clamp(r / (h_new + eps), max=1.0))
+            # a true division: PyTorch evaluates `scalar / tensor` as `scalar * tensor.reciprocal()`,
+            # which gives 0 * inf = nan for r = 0 over a denormal denominator, where r/(h+eps) = 0
+            new_a.append(alpha0 * torch.clamp(torch.full_like(h_new, r) / (h_new + eps), max=1.0))
     with torch.no_grad():
         for dst, src in zip(params + importance + meta_lrs, new_p + new_h + new_a):
             dst.copy_(src)
