@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from . import metrics
-from .algorithms import (AGEM, EWC, HAL, AGEMConfig, ERConfig, ERRing, EWCConfig, Finetune, FinetuneConfig,
-                         HALConfig)
+from .algorithms import (AGEM, EWC, HAL, AGEMConfig, CloneAndFinetune, ERConfig, ERRing, EWCConfig, Finetune,
+                         FinetuneConfig, HALConfig, Multitask, OracleConfig)
 from .data.streams import STREAMS, Stream, make_stream
 from .models import MLP, ReducedResNet18
 from .train import run_stream
@@ -58,6 +58,8 @@ LEARNERS: dict[str, tuple[Callable, type]] = {
     "hal": _er_like(HAL, HALConfig),
     "hal-random": _er_like(HAL, HALConfig, anchors="random"),
     "hal-data": _er_like(HAL, HALConfig, anchors="data"),
+    "clone-and-finetune": _plain(CloneAndFinetune, OracleConfig),
+    "multitask": _plain(Multitask, OracleConfig),
 }
 
 

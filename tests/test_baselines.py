@@ -111,3 +111,42 @@ def test_bad_configs():
         AGEMConfig(ref_batch=0)
     with pytest.raises(ValueError, match="lam"):
         EWCConfig(lam=-1.0)
+
+
+def test_clone_and_finetune_never_forgets():
+    from fastcl.algorithms import CloneAndFinetune, OracleConfig
+    s = _stream()
+    torch.manual_seed(0)
+    res = run_stream(CloneAndFinetune(MLP((20, 16, 4)), 4, (20,), OracleConfig(lr=0.05)), s, progress=False)
+    a = res.acc.values
+    for j in range(3):
+        assert (a[j:, j] == a[j, j]).all()  # each task keeps its own model
+    assert res.summary()["forgetting"] == 0.0
+
+
+def test_multitask_trains_jointly_at_task_end():
+    from fastcl.algorithms import Multitask, OracleConfig
+    s = _stream()
+    torch.manual_seed(0)
+    mt = Multitask(MLP((20, 16, 4)), 4, (20,), OracleConfig(lr=0.05))
+    before = [p.detach().clone() for p in mt.params]
+    for x, y in s[0].batches(10):
+        mt.observe(x, y, 0)
+    assert all(torch.equal(a, b) for a, b in zip(before, mt.params))  # observe only stores
+    res = run_stream(Multitask(MLP((20, 16, 4)), 4, (20,), OracleConfig(lr=0.05)), s, progress=False)
+    final = res.acc.values[-1]
+    assert final.min() > 0.5  # the joint model serves every task
+
+
+def test_oracles_resume_exactly(tmp_path):
+    from fastcl.algorithms import CloneAndFinetune, Multitask, OracleConfig
+    s = _stream()
+    for cls in (CloneAndFinetune, Multitask):
+        def make():
+            torch.manual_seed(0)
+            return cls(MLP((20, 16, 4)), 4, (20,), OracleConfig(lr=0.05))
+        full = run_stream(make(), s, progress=False, seed=1)
+        ck = tmp_path / f"{cls.__name__}.pt"
+        run_stream(make(), s, progress=False, seed=1, checkpoint=ck, stop_after=2)
+        resumed = run_stream(make(), s, progress=False, seed=1, checkpoint=ck, resume=True)
+        assert (full.acc.values == resumed.acc.values).all()
