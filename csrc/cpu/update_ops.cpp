@@ -11,6 +11,7 @@
 #include <type_traits>
 
 #include "cpu/checks.h"
+#include "cpu/op_checks.h"
 #include "cpu/list_ops.h"
 #include "cpu/loops.h"
 #include "kernels/math.h"
@@ -69,22 +70,6 @@ void shift_loop(S* ph, S* tt, int64_t num, int64_t stride, float lr, bool shift,
   }
 }
 
-void check_prox(at::TensorList params, at::TensorList grads, const OptList& anchors,
-                const OptList& importance, double lr, double prox) {
-  check_real("lr", lr, 0.0, INFINITY);
-  check_real("prox", prox, 0.0, INFINITY);
-  TORCH_CHECK_VALUE(anchors.has_value() == importance.has_value(),
-                    "anchors and importance must both be given or both be None");
-  TORCH_CHECK_VALUE(anchors.has_value() || prox == 0.0, "prox=", py_float(prox),
-                    " needs anchors and importance (None is allowed only with prox=0)");
-  std::vector<NamedList> lists{{"params", params}, {"grads", grads}};
-  if (anchors) {
-    lists.push_back({"anchors", *anchors});
-    lists.push_back({"importance", *importance});
-  }
-  check_lists(lists);
-}
-
 // out[i] <- prox step of (params, grads, anchors, importance); out may be params (in place).
 void prox_sgd_into(const std::vector<Staged>& out, const std::vector<Staged>& p,
                    const std::vector<Staged>& g, const std::vector<Staged>* a,
@@ -114,13 +99,7 @@ void prox_sgd_into(const std::vector<Staged>& out, const std::vector<Staged>& p,
 
 void prox_sgd_(at::TensorList params, at::TensorList grads, OptList anchors, OptList importance,
                double lr, double prox) {
-  check_prox(params, grads, anchors, importance, lr, prox);
-  std::vector<NamedList> inputs{{"grads", grads}};
-  if (anchors) {
-    inputs.push_back({"anchors", *anchors});
-    inputs.push_back({"importance", *importance});
-  }
-  check_aliasing({{"params", params}}, inputs);
+  check_prox_sgd_args(params, grads, anchors, importance, lr, prox, /*in_place=*/true);
   // Stage the inputs before the outputs: a strided param that is also its own grad is read
   // from its copy, never from half-written memory.
   const auto g = stage_all(grads);
@@ -136,7 +115,7 @@ void prox_sgd_(at::TensorList params, at::TensorList grads, OptList anchors, Opt
 
 std::vector<at::Tensor> prox_sgd(at::TensorList params, at::TensorList grads, OptList anchors,
                                  OptList importance, double lr, double prox) {
-  check_prox(params, grads, anchors, importance, lr, prox);
+  check_prox_sgd_args(params, grads, anchors, importance, lr, prox, /*in_place=*/false);
   const auto p = stage_all(params);
   const auto g = stage_all(grads);
   std::vector<Staged> a, h, out;
@@ -155,9 +134,7 @@ std::vector<at::Tensor> prox_sgd(at::TensorList params, at::TensorList grads, Op
 
 void taylor_importance_(at::TensorList importance, at::TensorList grads, at::TensorList params,
                         double decay) {
-  check_real("decay", decay, 0.0, 1.0);
-  check_lists({{"importance", importance}, {"grads", grads}, {"params", params}});
-  check_aliasing({{"importance", importance}}, {{"grads", grads}, {"params", params}});
+  check_taylor_importance_args(importance, grads, params, decay);
   if (importance.empty()) return;
   const auto g = stage_all(grads);
   const auto p = stage_all(params);
@@ -181,20 +158,8 @@ void taylor_importance_(at::TensorList importance, at::TensorList grads, at::Ten
 void emcl_meta_step_(at::TensorList params, at::TensorList fast_params, at::TensorList importance,
                      at::TensorList meta_lrs, at::TensorList grads, double lam, double decay,
                      double r, int64_t lr_mode, double alpha0, double eps) {
-  check_real("lam", lam, 0.0, INFINITY);
-  check_real("decay", decay, 0.0, 1.0);
-  check_real("r", r, 0.0, INFINITY);
-  check_real("alpha0", alpha0, 0.0, INFINITY);
-  check_real("eps", eps, 0.0, INFINITY);
-  TORCH_CHECK_VALUE(lr_mode == 0 || lr_mode == 1,
-                    "lr_mode must be 0 (paper) or 1 (stabilised), got ", lr_mode);
-  check_lists({{"params", params},
-               {"fast_params", fast_params},
-               {"importance", importance},
-               {"meta_lrs", meta_lrs},
-               {"grads", grads}});
-  check_aliasing({{"params", params}, {"importance", importance}, {"meta_lrs", meta_lrs}},
-                 {{"fast_params", fast_params}, {"grads", grads}});
+  check_emcl_meta_step_args(params, fast_params, importance, meta_lrs, grads, lam, decay, r,
+                            lr_mode, alpha0, eps);
   if (params.empty()) return;
   const auto pk = stage_all(fast_params);
   const auto g = stage_all(grads);
@@ -224,19 +189,7 @@ void emcl_meta_step_(at::TensorList params, at::TensorList fast_params, at::Tens
 }
 
 void trajectory_shift_(at::TensorList phi, at::TensorList thetas, double meta_lr, bool shift) {
-  check_real("meta_lr", meta_lr, 0.0, INFINITY);
-  check_lists({{"phi", phi}, {"thetas", thetas, /*lead=*/true}});
-  int64_t max_t = 1;
-  for (size_t i = 0; i < thetas.size(); ++i) {
-    TORCH_CHECK_VALUE(thetas[i].size(0) >= 1, "thetas[", i,
-                      "] has T = 0 task learners; expected T >= 1");
-    max_t = std::max(max_t, thetas[i].size(0));
-  }
-  if (shift) {
-    check_aliasing({{"phi", phi}, {"thetas", thetas}}, {});
-  } else {
-    check_aliasing({{"phi", phi}}, {{"thetas", thetas}});
-  }
+  const int64_t max_t = check_trajectory_shift_args(phi, thetas, meta_lr, shift);
   if (phi.empty()) return;
   const auto p = stage_all(phi);
   const auto th = stage_all(thetas);

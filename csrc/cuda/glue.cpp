@@ -23,6 +23,7 @@
 
 #include "cpu/checks.h"
 #include "cpu/list_ops.h"
+#include "cpu/op_checks.h"
 #include "cuda/launch.h"
 
 namespace fastcl {
@@ -94,22 +95,6 @@ int64_t row_bytes_of(const at::Tensor& t) {
 
 // ------------------------------------------------------------------ parameter updates
 
-void check_prox(at::TensorList params, at::TensorList grads, const OptList& anchors,
-                const OptList& importance, double lr, double prox) {
-  check_real("lr", lr, 0.0, INFINITY);
-  check_real("prox", prox, 0.0, INFINITY);
-  TORCH_CHECK_VALUE(anchors.has_value() == importance.has_value(),
-                    "anchors and importance must both be given or both be None");
-  TORCH_CHECK_VALUE(anchors.has_value() || prox == 0.0, "prox=", prox,
-                    " needs anchors and importance (None is allowed only with prox=0)");
-  std::vector<NamedList> lists{{"params", params}, {"grads", grads}};
-  if (anchors) {
-    lists.push_back({"anchors", *anchors});
-    lists.push_back({"importance", *importance});
-  }
-  check_lists(lists);
-}
-
 // out[i] <- prox step of (p, g, a, h); a == h == nullptr: SGD. out may be p (in place).
 void launch_prox(const std::vector<Staged>& out, const std::vector<Staged>& p,
                  const std::vector<Staged>& g, const std::vector<Staged>* a,
@@ -129,13 +114,7 @@ void launch_prox(const std::vector<Staged>& out, const std::vector<Staged>& p,
 
 void prox_sgd_(at::TensorList params, at::TensorList grads, OptList anchors, OptList importance,
                double lr, double prox) {
-  check_prox(params, grads, anchors, importance, lr, prox);
-  std::vector<NamedList> inputs{{"grads", grads}};
-  if (anchors) {
-    inputs.push_back({"anchors", *anchors});
-    inputs.push_back({"importance", *importance});
-  }
-  check_writable("params", params, inputs);
+  check_prox_sgd_args(params, grads, anchors, importance, lr, prox, /*in_place=*/true);
   if (params.empty()) return;
   check_cuda(params[0], "params[0]");
   const OnDevice on(params[0]);
@@ -154,7 +133,7 @@ void prox_sgd_(at::TensorList params, at::TensorList grads, OptList anchors, Opt
 
 std::vector<at::Tensor> prox_sgd(at::TensorList params, at::TensorList grads, OptList anchors,
                                  OptList importance, double lr, double prox) {
-  check_prox(params, grads, anchors, importance, lr, prox);
+  check_prox_sgd_args(params, grads, anchors, importance, lr, prox, /*in_place=*/false);
   std::vector<at::Tensor> result;
   if (params.empty()) return result;
   check_cuda(params[0], "params[0]");
@@ -176,9 +155,7 @@ std::vector<at::Tensor> prox_sgd(at::TensorList params, at::TensorList grads, Op
 
 void taylor_importance_(at::TensorList importance, at::TensorList grads, at::TensorList params,
                         double decay) {
-  check_real("decay", decay, 0.0, 1.0);
-  check_lists({{"importance", importance}, {"grads", grads}, {"params", params}});
-  check_writable("importance", importance, {{"grads", grads}, {"params", params}});
+  check_taylor_importance_args(importance, grads, params, decay);
   if (importance.empty()) return;
   check_cuda(importance[0], "importance[0]");
   const OnDevice on(importance[0]);
@@ -196,22 +173,8 @@ void taylor_importance_(at::TensorList importance, at::TensorList grads, at::Ten
 void emcl_meta_step_(at::TensorList params, at::TensorList fast_params, at::TensorList importance,
                      at::TensorList meta_lrs, at::TensorList grads, double lam, double decay,
                      double r, int64_t lr_mode, double alpha0, double eps) {
-  check_real("lam", lam, 0.0, INFINITY);
-  check_real("decay", decay, 0.0, 1.0);
-  check_real("r", r, 0.0, INFINITY);
-  check_real("alpha0", alpha0, 0.0, INFINITY);
-  check_real("eps", eps, 0.0, INFINITY);
-  TORCH_CHECK_VALUE(lr_mode == 0 || lr_mode == 1,
-                    "lr_mode must be 0 (paper) or 1 (stabilised), got ", lr_mode);
-  const std::vector<NamedList> all{{"params", params},
-                                   {"fast_params", fast_params},
-                                   {"importance", importance},
-                                   {"meta_lrs", meta_lrs},
-                                   {"grads", grads}};
-  check_lists(all);
-  check_writable("params", params, all);
-  check_writable("importance", importance, all);
-  check_writable("meta_lrs", meta_lrs, all);
+  check_emcl_meta_step_args(params, fast_params, importance, meta_lrs, grads, lam, decay, r,
+                            lr_mode, alpha0, eps);
   if (params.empty()) return;
   check_cuda(params[0], "params[0]");
   const OnDevice on(params[0]);
@@ -232,14 +195,7 @@ void emcl_meta_step_(at::TensorList params, at::TensorList fast_params, at::Tens
 }
 
 void trajectory_shift_(at::TensorList phi, at::TensorList thetas, double meta_lr, bool shift) {
-  check_real("meta_lr", meta_lr, 0.0, INFINITY);
-  check_lists({{"phi", phi}, {"thetas", thetas, /*lead=*/true}});
-  for (size_t i = 0; i < thetas.size(); ++i) {
-    TORCH_CHECK_VALUE(thetas[i].size(0) >= 1, "thetas[", i,
-                      "] has T = 0 task learners; expected T >= 1");
-  }
-  check_writable("phi", phi, {});
-  check_writable("thetas", thetas, {});
+  check_trajectory_shift_args(phi, thetas, meta_lr, shift);
   if (phi.empty()) return;
   check_cuda(phi[0], "phi[0]");
   const OnDevice on(phi[0]);
@@ -255,7 +211,7 @@ void trajectory_shift_(at::TensorList phi, at::TensorList thetas, double meta_lr
                                           learners.data(), pp.data(), tt.data(), meta_lr, shift,
                                           on.stream));
   unstage(p);
-  unstage(th);
+  if (shift) unstage(th);  // shift=false reads thetas only (they may be stride-0 views)
 }
 
 // ------------------------------------------------------------------ episodic memory
