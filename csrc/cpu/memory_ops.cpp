@@ -25,6 +25,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "cpu/memory_checks.h"
 #include "kernels/math.h"
 
 namespace fastcl {
@@ -37,18 +38,7 @@ namespace k = ::fastcl::kernels;
 constexpr int64_t kParallelCopyBytes = int64_t(1) << 20;
 constexpr int64_t kCopyGrain = int64_t(1) << 18;
 
-// "[B, 28, 28]" for an error message: the shape wanted for x given the row shape of data.
-std::string batch_shape(const at::Tensor& data) {
-  std::string s = "[B";
-  for (int64_t d = 1; d < data.dim(); ++d) s += ", " + std::to_string(data.size(d));
-  return s + "]";
-}
 
-void check_x_shape(const at::Tensor& x, const at::Tensor& data) {
-  TORCH_CHECK_VALUE(x.dim() >= 1 && data.dim() >= 1 && x.sizes().slice(1) == data.sizes().slice(1),
-                    "x has shape ", x.sizes(), "; expected ", batch_shape(data),
-                    " (the row shape of data)");
-}
 
 void check_writable(const char* name, const at::Tensor& t) {
   TORCH_CHECK_VALUE(at::has_internal_overlap(t) != at::MemOverlap::Yes, name,
@@ -56,11 +46,6 @@ void check_writable(const char* name, const at::Tensor& t) {
                     "in place");
 }
 
-void check_no_overlap(const char* a_name, const at::Tensor& a, const char* b_name,
-                      const at::Tensor& b) {
-  TORCH_CHECK_VALUE(at::get_overlap_status(a, b) == at::MemOverlapStatus::No, a_name, " and ",
-                    b_name, " share memory; they must be separate tensors");
-}
 
 // The rows of `data` can be written with memcpy (else they are written with copy_).
 bool rows_memcpy_ok(const at::Tensor& data) {
@@ -100,11 +85,6 @@ void copy_rows(const at::Tensor& data, const at::Tensor& src, const std::vector<
   }
 }
 
-void check_counts(const at::Tensor& counts) {
-  TORCH_CHECK_TYPE(counts.scalar_type() == at::kLong && counts.dim() == 2,
-                   "counts must be a 2-d int64 tensor [num_tasks, num_classes], got ",
-                   counts.scalar_type(), " ", counts.sizes());
-}
 
 // counts[t, c] >= 0 everywhere (examples ever inserted into ring (t, c)).
 void check_counts_nonnegative(const at::Tensor& counts) {

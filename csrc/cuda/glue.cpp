@@ -23,6 +23,7 @@
 
 #include "cpu/checks.h"
 #include "cpu/list_ops.h"
+#include "cpu/memory_checks.h"
 #include "cpu/op_checks.h"
 #include "cuda/launch.h"
 
@@ -218,29 +219,9 @@ void trajectory_shift_(at::TensorList phi, at::TensorList thetas, double meta_lr
 // The checks and messages of the CPU kernels (csrc/cpu/memory_ops.cpp), in the order of
 // fastcl/ops/reference.py. Rows are copied as raw bytes, so every dtype of `data` works.
 
-std::string batch_shape(const at::Tensor& data) {
-  std::string s = "[B";
-  for (int64_t d = 1; d < data.dim(); ++d) s += ", " + std::to_string(data.size(d));
-  return s + "]";
-}
 
-void check_x_shape(const at::Tensor& x, const at::Tensor& data) {
-  TORCH_CHECK_VALUE(x.dim() >= 1 && data.dim() >= 1 && x.sizes().slice(1) == data.sizes().slice(1),
-                    "x has shape ", x.sizes(), "; expected ", batch_shape(data),
-                    " (the row shape of data)");
-}
 
-void check_no_overlap(const char* a_name, const at::Tensor& a, const char* b_name,
-                      const at::Tensor& b) {
-  TORCH_CHECK_VALUE(at::get_overlap_status(a, b) == at::MemOverlapStatus::No, a_name, " and ",
-                    b_name, " share memory; they must be separate tensors");
-}
 
-void check_counts(const at::Tensor& counts) {
-  TORCH_CHECK_TYPE(counts.scalar_type() == at::kLong && counts.dim() == 2,
-                   "counts must be a 2-d int64 tensor [num_tasks, num_classes], got ",
-                   counts.scalar_type(), " ", counts.sizes());
-}
 
 // A contiguous copy of `t` when it shares memory with `written` (the kernels read it while
 // they write `written`), else a contiguous view.
