@@ -40,13 +40,6 @@ constexpr int64_t kCopyGrain = int64_t(1) << 18;
 
 
 
-void check_writable(const char* name, const at::Tensor& t) {
-  TORCH_CHECK_VALUE(at::has_internal_overlap(t) != at::MemOverlap::Yes, name,
-                    " has internally overlapping memory (an expanded view?); it cannot be written "
-                    "in place");
-}
-
-
 // The rows of `data` can be written with memcpy (else they are written with copy_).
 bool rows_memcpy_ok(const at::Tensor& data) {
   return data.is_contiguous() && !data.is_conj() && !data.is_neg();
@@ -135,8 +128,8 @@ void ring_insert_(const at::Tensor& data, const at::Tensor& counts, const at::Te
                       "), got values in [", lo, ", ", hi, "]");
   }
   check_counts_nonnegative(counts);
-  check_writable("data", data);
-  check_writable("counts", counts);
+  check_not_self_overlapping(data, "data");
+  check_not_self_overlapping(counts, "counts");
   check_no_overlap("counts", counts, "y", y);
   if (b == 0) return;
 
@@ -286,33 +279,8 @@ at::Tensor reservoir_insert_(const at::Tensor& data, const at::Tensor& labels,
                              const at::Tensor& tasks, const at::Tensor& x, const at::Tensor& y,
                              int64_t task, int64_t n_seen, std::optional<at::Generator> generator) {
   // ---- checks (the order of fastcl/ops/reference.py), before any write ----
-  const int64_t cap = data.dim() >= 1 ? data.size(0) : 0;
-  TORCH_CHECK_VALUE(cap >= 1, "data must have at least one row (capacity >= 1), got shape ",
-                    data.sizes());
-  TORCH_CHECK_VALUE(labels.scalar_type() == at::kLong && labels.dim() == 1 && labels.size(0) == cap,
-                    "labels must be an int64 vector of length ", cap,
-                    " (the rows of data), got ", labels.scalar_type(), " ", labels.sizes());
-  TORCH_CHECK_VALUE(tasks.scalar_type() == at::kLong && tasks.dim() == 1 && tasks.size(0) == cap,
-                    "tasks must be an int64 vector of length ", cap, " (the rows of data), got ",
-                    tasks.scalar_type(), " ", tasks.sizes());
-  check_x_shape(x, data);
+  const int64_t cap = check_reservoir_insert_args(data, labels, tasks, x, y, task, n_seen);
   const int64_t b = x.size(0);
-  TORCH_CHECK_TYPE(x.scalar_type() == data.scalar_type(), "x has dtype ", x.scalar_type(),
-                   " but data has ", data.scalar_type());
-  TORCH_CHECK_VALUE(y.scalar_type() == at::kLong && y.dim() == 1 && y.size(0) == b,
-                    "y must be an int64 vector of length ", b, " (the batch size of x), got ",
-                    y.scalar_type(), " ", y.sizes());
-  TORCH_CHECK_VALUE(n_seen >= 0, "n_seen must be an int >= 0, got ", n_seen);
-  TORCH_CHECK_VALUE(task >= 0, "task must be an int >= 0, got ", task);
-  TORCH_CHECK_VALUE(x.device() == data.device() && y.device() == data.device() &&
-                        labels.device() == data.device() && tasks.device() == data.device(),
-                    "data, labels, tasks, x and y must be on one device; got data on ",
-                    data.device(), ", labels on ", labels.device(), ", tasks on ", tasks.device(),
-                    ", x on ", x.device(), ", y on ", y.device());
-  check_writable("data", data);
-  check_writable("labels", labels);
-  check_writable("tasks", tasks);
-  check_no_overlap("labels", labels, "tasks", tasks);
 
   // ---- slots: algorithm R with the reference's B uniforms (drawn even when all are kept) ----
   std::vector<double> u;
