@@ -40,6 +40,38 @@ inline void check_not_self_overlapping(const at::Tensor& t, const char* name) {
                     "written in place");
 }
 
+struct RingLayout {
+  int64_t num_tasks, num_classes, m, b;
+};
+
+// ring_insert_: shapes, dtypes, devices and the task id (not the values of y and counts, which
+// the CPU reads directly and the CUDA glue reads in one synchronisation).
+inline RingLayout check_ring_insert_args(const at::Tensor& data, const at::Tensor& counts,
+                                         const at::Tensor& x, const at::Tensor& y, int64_t task) {
+  check_counts(counts);
+  const int64_t num_tasks = counts.size(0), num_classes = counts.size(1);
+  const int64_t rings = num_tasks * num_classes;
+  const int64_t rows = data.dim() >= 1 ? data.size(0) : 0;
+  TORCH_CHECK_VALUE(rings > 0 && rows > 0 && rows % rings == 0,
+                    "data must have num_tasks*num_classes*m rows with m >= 1; got ", rows,
+                    " rows for ", rings, " rings (counts has shape ", counts.sizes(), ")");
+  const int64_t m = rows / rings;
+  check_x_shape(x, data);
+  const int64_t b = x.size(0);
+  TORCH_CHECK_VALUE(y.scalar_type() == at::kLong && y.dim() == 1 && y.size(0) == b,
+                    "y must be an int64 vector of length ", b, " (the batch size of x), got ",
+                    y.scalar_type(), " ", y.sizes());
+  TORCH_CHECK_TYPE(x.scalar_type() == data.scalar_type(), "x has dtype ", x.scalar_type(),
+                   " but data has ", data.scalar_type());
+  TORCH_CHECK_VALUE(x.device() == data.device() && y.device() == data.device() &&
+                        counts.device() == data.device(),
+                    "data, counts, x and y must be on one device; got data on ", data.device(),
+                    ", counts on ", counts.device(), ", x on ", x.device(), ", y on ", y.device());
+  TORCH_CHECK_VALUE(task >= 0 && task < num_tasks, "task must be an int in [0, ", num_tasks,
+                    "), got ", task);
+  return RingLayout{num_tasks, num_classes, m, b};
+}
+
 // reservoir_insert_: everything but the device (checked by the caller); returns the capacity.
 inline int64_t check_reservoir_insert_args(const at::Tensor& data, const at::Tensor& labels,
                                            const at::Tensor& tasks, const at::Tensor& x,

@@ -95,27 +95,8 @@ void check_counts_nonnegative(const at::Tensor& counts) {
 void ring_insert_(const at::Tensor& data, const at::Tensor& counts, const at::Tensor& x,
                   const at::Tensor& y, int64_t task) {
   // ---- checks (the order of fastcl/ops/reference.py), before any write ----
-  check_counts(counts);
-  const int64_t num_tasks = counts.size(0), num_classes = counts.size(1);
-  const int64_t rings = num_tasks * num_classes;
-  const int64_t rows = data.dim() >= 1 ? data.size(0) : 0;
-  TORCH_CHECK_VALUE(rings > 0 && rows > 0 && rows % rings == 0,
-                    "data must have num_tasks*num_classes*m rows with m >= 1; got ", rows,
-                    " rows for ", rings, " rings (counts has shape ", counts.sizes(), ")");
-  const int64_t m = rows / rings;
-  check_x_shape(x, data);
-  const int64_t b = x.size(0);
-  TORCH_CHECK_VALUE(y.scalar_type() == at::kLong && y.dim() == 1 && y.size(0) == b,
-                    "y must be an int64 vector of length ", b, " (the batch size of x), got ",
-                    y.scalar_type(), " ", y.sizes());
-  TORCH_CHECK_TYPE(x.scalar_type() == data.scalar_type(), "x has dtype ", x.scalar_type(),
-                   " but data has ", data.scalar_type());
-  TORCH_CHECK_VALUE(x.device() == data.device() && y.device() == data.device() &&
-                        counts.device() == data.device(),
-                    "data, counts, x and y must be on one device; got data on ", data.device(),
-                    ", counts on ", counts.device(), ", x on ", x.device(), ", y on ", y.device());
-  TORCH_CHECK_VALUE(task >= 0 && task < num_tasks, "task must be an int in [0, ", num_tasks,
-                    "), got ", task);
+  const RingLayout L = check_ring_insert_args(data, counts, x, y, task);
+  const int64_t num_classes = L.num_classes, m = L.m, b = L.b;
   const int64_t* yp = y.const_data_ptr<int64_t>();
   const int64_t ys = y.stride(0);
   if (b > 0) {

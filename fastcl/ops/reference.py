@@ -10,6 +10,8 @@ Conventions shared by every list op:
 * every list has the same length; tensor ``i`` of every list has the shape of ``params[i]``
   (``thetas[i]`` of ``trajectory_shift_`` has one more leading dimension, ``T``);
 * every tensor of one call has the same floating dtype and device;
+* float16 / bfloat16 tensors are stored as such and computed in float32, rounded once when the
+  result is stored (the fused kernels' semantics);
 * in-place ops return ``None``; they may be given the same tensor twice (for instance a grad
   list that *is* the param list), with the result of the out-of-place expression below.
 """
@@ -255,11 +257,20 @@ def _check_shift(phi, thetas, meta_lr, shift):
     return phi, thetas, meta_lr, shift
 
 
+def _math(t):
+    """float16 / bfloat16 tensors are computed in float32 (and rounded once when stored), as the
+    fused kernels do; float32 / float64 as they are."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def _prox_expr(p, g, a, h, lr, prox):
+    dtype = p.dtype
+    p, g = _math(p), _math(g)
     if a is None:
-        return p - lr * g
+        return (p - lr * g).to(dtype)
+    a, h = _math(a), _math(h)
     c = prox * h
-    return (p - lr * g + c * a) / (c + 1)
+    return ((p - lr * g + c * a) / (c + 1)).to(dtype)
 
 
 # --------------------------------------------------------------------------- updates
@@ -316,7 +327,7 @@ def taylor_importance_(importance, grads, params, decay: float) -> None:
     """
     importance, grads, params, decay = _check_taylor(importance, grads, params, decay)
     _check_aliasing([("importance", importance)], [("grads", grads), ("params", params)])
-    new = [decay * h + (1 - decay) * (g * p).abs() for h, g, p in zip(importance, grads, params)]
+    new = [decay * _math(h) + (1 - decay) * (_math(g) * _math(p)).abs() for h, g, p in zip(importance, grads, params)]
     with torch.no_grad():
         for h, n in zip(importance, new):
             h.copy_(n)
@@ -361,6 +372,7 @@ def emcl_meta_step_(params, fast_params, importance, meta_lrs, grads, lam: float
                     [("fast_params", fast_params), ("grads", grads)])
     new_p, new_h, new_a = [], [], []
     for p, pk, h, a, g in zip(params, fast_params, importance, meta_lrs, grads):
+        p, pk, h, a, g = _math(p), _math(pk), _math(h), _math(a), _math(g)
         meta_grad = lam * h * (p - pk)
         new_p.append(p - a * meta_grad)
         h_new = decay * h + (1 - decay) * (g * p).abs()
@@ -394,7 +406,7 @@ def trajectory_shift_(phi, thetas, meta_lr: float, shift: bool = True) -> None:
         _check_aliasing([("phi", phi), ("thetas", thetas)])
     else:
         _check_aliasing([("phi", phi)], [("thetas", thetas)])
-    deltas = [meta_lr * (th.mean(0) - p) for p, th in zip(phi, thetas)]
+    deltas = [meta_lr * (_math(th).mean(0) - _math(p)) for p, th in zip(phi, thetas)]
     with torch.no_grad():
         for p, th, d in zip(phi, thetas, deltas):
             p.add_(d)
