@@ -26,6 +26,7 @@ given in the paper; 0.5 is the value of public HAL implementations.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -178,19 +179,10 @@ class HAL(ERRing):
             self.sgd_step(loss)
         else:
             e, et = anchors
-            exact = not self.config.first_order
-            # grad of l(B u B_M); kept differentiable (create_graph) for the exact anchoring gradient
-            g = torch.autograd.grad(loss, self.params, create_graph=exact)
-            g_step = g if exact else [gi.detach() for gi in g]
-            # theta~ = theta - alpha*g: the fused differentiable step (gradients flow to theta and g)
-            tilde = ops.prox_sgd(self.params, list(g_step), None, None, self.config.lr, 0.0)
-            names = [n for n, p in self.model.named_parameters() if p.requires_grad]
-            diff = self._masked(self.model(e), et) - self._head_logits(dict(zip(names, tilde)), e, et)
-            sq = diff.pow(2)
-            anchor_term = sq.sum() if self.config.anchor_reduction == "sum" else sq.mean()
-            # grad of Eq. 5 = grad l + lambda * grad(anchor term): l's gradient is g already, so
-            # only the anchor term is back-propagated (through theta~ and, exact, through g)
-            g_anchor = torch.autograd.grad(self.config.lam * anchor_term, self.params, allow_unused=True)
+            if self.config.first_order:
+                g_anchor, g = self._anchor_grad_first_order(loss, e, et)
+            else:
+                g_anchor, g = self._anchor_grad_exact(loss, e, et)
             total = [gi.detach() if ga is None else gi.detach() + ga for gi, ga in zip(g, g_anchor)]
             with torch.no_grad():
                 ops.prox_sgd_(self.params, total, None, None, self.config.lr, 0.0)
@@ -198,6 +190,49 @@ class HAL(ERRing):
             self._update_task_stats(x, y)
         self.memory.add(x.detach(), y, task)
         return float(loss.detach())
+
+    def _anchor_term(self, now: Tensor, tilde: Tensor) -> Tensor:
+        sq = (now - tilde).pow(2)
+        return self.config.lam * (sq.sum() if self.config.anchor_reduction == "sum" else sq.mean())
+
+    def _anchor_grad_exact(self, loss: Tensor, e: Tensor, et: Tensor):
+        """Gradient of lambda * anchor term, exact: through theta~ = theta - alpha*g(theta)."""
+        # grad of l(B u B_M), kept differentiable (create_graph) for the second-order term
+        g = torch.autograd.grad(loss, self.params, create_graph=True)
+        # theta~ = theta - alpha*g: the fused differentiable step (gradients flow to theta and g)
+        tilde = ops.prox_sgd(self.params, list(g), None, None, self.config.lr, 0.0)
+        names = [n for n, p in self.model.named_parameters() if p.requires_grad]
+        term = self._anchor_term(self._masked(self.model(e), et), self._head_logits(dict(zip(names, tilde)), e, et))
+        # grad of Eq. 5 = grad l + lambda * grad(anchor term): l's gradient is g already, so only
+        # the anchor term is back-propagated (through theta~ and through g)
+        return torch.autograd.grad(term, self.params, allow_unused=True), g
+
+    def _anchor_grad_first_order(self, loss: Tensor, e: Tensor, et: Tensor):
+        """Gradient of lambda * anchor term with d theta~ / d theta = I (Appendix D, first order).
+
+        theta~ lives in a scratch copy of the model (no functional_call, no autograd through the
+        step): the term's gradient at theta plus its gradient at theta~ is the first-order one.
+        """
+        g = torch.autograd.grad(loss, self.params)
+        twin, twin_params = self._twin()
+        with torch.no_grad():
+            for tp, p in zip(twin_params, self.params):
+                tp.copy_(p)
+            ops.prox_sgd_(twin_params, list(g), None, None, self.config.lr, 0.0)
+        term = self._anchor_term(self._masked(self.model(e), et), self._masked(twin(e), et))
+        n = len(self.params)
+        grads = torch.autograd.grad(term, self.params + twin_params, allow_unused=True)
+        out = []
+        for a, b in zip(grads[:n], grads[n:]):
+            out.append(a if b is None else (b if a is None else a + b))
+        return out, g
+
+    def _twin(self):
+        if getattr(self, "_twin_model", None) is None:
+            self._twin_model = copy.deepcopy(self.model)
+            self._twin_params = [p for p in self._twin_model.parameters() if p.requires_grad]
+        self._twin_model.train(self.model.training)
+        return self._twin_model, self._twin_params
 
     @torch.no_grad()
     def _update_task_stats(self, x: Tensor, y: Tensor) -> None:
@@ -213,27 +248,38 @@ class HAL(ERRing):
             return list(self.task_classes[task])
         return list(range(self.num_classes))
 
-    def _finetuned_params(self, task: int) -> dict[str, Tensor]:
-        """theta_M: a copy of theta after ``finetune_steps`` SGD steps on the memory of tasks < task."""
-        names = [n for n, p in self.model.named_parameters() if p.requires_grad]
-        params = [p.detach().clone() for p in self.params]
+    def _sync_twin(self):
+        """The scratch copy of the model, set to theta (parameters and buffers)."""
+        twin, tps = self._twin()
+        with torch.no_grad():
+            for tp, p in zip(tps, self.params):
+                tp.copy_(p)
+            for tb, mb in zip(twin.buffers(), self.model.buffers()):
+                tb.copy_(mb)
+        return twin, tps
+
+    def _finetune_twin(self, task: int) -> nn.Module:
+        """theta_M in the scratch copy: theta after ``finetune_steps`` SGD steps on the memory of
+        tasks < task (batches of ``replay_batch``); the model itself is untouched."""
+        twin, tps = self._sync_twin()
         if task == 0 or not any(self.memory.inserted[:task]):
-            return dict(zip(names, params))
-        buffers = dict(self.model.named_buffers())
+            return twin
         for _ in range(self.config.finetune_steps):
             mx, my, mt = self.memory.sample(self.config.replay_batch, tasks=range(task),
                                             generator=self.anchor_generator)
-            for p in params:
-                p.requires_grad_(True)
-            out = functional_call(self.model, {**dict(zip(names, params)), **buffers}, (mx,))
+            out = twin(mx)
             if self.task_classes is not None:
                 table = torch.stack([self._mask(t) for t in range(len(self.task_classes))])
                 out = out.masked_fill(~table[mt], float("-inf"))
-            grads = torch.autograd.grad(F.cross_entropy(out, my), params)
+            grads = torch.autograd.grad(F.cross_entropy(out, my), tps)
             with torch.no_grad():
-                params = [p.detach() for p in params]
-                ops.prox_sgd_(params, [g.detach() for g in grads], None, None, self.config.lr, 0.0)
-        return dict(zip(names, params))
+                ops.prox_sgd_(tps, list(grads), None, None, self.config.lr, 0.0)
+        return twin
+
+    def _finetuned_params(self, task: int) -> dict[str, Tensor]:
+        """theta_M as a dict of parameter copies (see :meth:`_finetune_twin`)."""
+        twin = self._finetune_twin(task)
+        return {n: p.detach().clone() for n, p in twin.named_parameters() if p.requires_grad}
 
     def _initial_anchors(self, task: int, labels: list[int]) -> Tensor:
         lo, hi = self.config.input_range
@@ -263,10 +309,7 @@ class HAL(ERRing):
         labels = self._task_labels(task)
         e = self._initial_anchors(task, labels)
         if self.config.anchors == "hindsight" and self.config.k > 0:
-            names = [n for n, p in self.model.named_parameters() if p.requires_grad]
-            buffers = dict(self.model.named_buffers())
-            theta_m = {**self._finetuned_params(task), **buffers}
-            theta_t = {**dict(zip(names, [p.detach() for p in self.params])), **buffers}
+            twin = self._finetune_twin(task)  # theta_M
             y = torch.tensor(labels, device=self.device)
             mask = self._mask(task) if self.task_classes is not None else None
             phi_t = self.phi_t
@@ -277,13 +320,15 @@ class HAL(ERRing):
             adam_m, adam_v = torch.zeros_like(e), torch.zeros_like(e)
             was = self.model.training
             self.model.eval()
-            for p in self.params:  # phi(e) at theta_t: no gradient into the model's parameters
+            twin.eval()
+            frozen = self.params + self._twin_params
+            for p in frozen:  # the ascent moves e only: no gradient into either model
                 p.requires_grad_(False)
             try:
                 step = 0
                 for _ in range(self.config.k):
-                    out_m = functional_call(self.model, theta_m, (e,))
-                    out_t = functional_call(self.model, theta_t, (e,))
+                    out_m = twin(e)
+                    out_t = self.model(e)
                     if mask is not None:
                         out_m = out_m.masked_fill(~mask, float("-inf"))
                         out_t = out_t.masked_fill(~mask, float("-inf"))
@@ -304,7 +349,7 @@ class HAL(ERRing):
                         e.clamp_(lo, hi)
             finally:
                 self.model.train(was)
-                for p in self.params:
+                for p in frozen:
                     p.requires_grad_(True)
             e = e.detach()
         rows = torch.tensor([task * self.num_classes + c for c in labels], device=self.device)
