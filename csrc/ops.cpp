@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include "cpu/isa.h"
+#include "cpu/memory_checks.h"
 
 extern "C" {
 // `import fastcl._C` runs the static initialisers below, which register the ops.
@@ -73,15 +74,8 @@ TORCH_LIBRARY(fastcl, m) {
 static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ring_sample_rows_composite(
     const at::Tensor& data, const at::Tensor& counts, at::IntArrayRef tasks, int64_t n,
     std::optional<at::Generator> generator) {
-  TORCH_CHECK_TYPE(counts.scalar_type() == at::kLong && counts.dim() == 2,
-                   "counts must be a 2-d int64 tensor [num_tasks, num_classes], got ",
-                   counts.scalar_type(), " ", counts.sizes());
-  const int64_t rings = counts.size(0) * counts.size(1);
-  const int64_t rows = data.dim() >= 1 ? data.size(0) : 0;
-  TORCH_CHECK_VALUE(rings > 0 && rows > 0 && rows % rings == 0,
-                    "data must have num_tasks*num_classes*m rows with m >= 1; got ", rows,
-                    " rows for ", rings, " rings");
-  const int64_t m = rows / rings;
+  check_counts(counts);
+  const int64_t m = check_ring_rows(data, counts);
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("fastcl::ring_sample", "")
                        .typed<at::Tensor(const at::Tensor&, int64_t, at::IntArrayRef, int64_t,

@@ -107,9 +107,10 @@ def build_learner(name: str, stream: Stream, memory: int, overrides: dict[str, A
     return make(model, stream, memory, {"seed": seed, **overrides})
 
 
-def _fmt(values: Sequence[float], scale: float = 100.0) -> str:
-    a = np.asarray(values, dtype=np.float64) * scale
-    return f"{a.mean():.1f} ({a.std():.1f})" if len(a) > 1 else f"{a.mean():.1f}"
+def _fmt(r: dict[str, Any], key: str, scale: float = 100.0) -> str:
+    """``mean (std)`` of one metric over a learner's seeds (just the mean for one seed)."""
+    mean, std = r["mean"][key] * scale, r["std"][key] * scale
+    return f"{mean:.1f} ({std:.1f})" if len(r["runs"]) > 1 else f"{mean:.1f}"
 
 
 def run_experiment(learners: Sequence[str], stream_name: str, *, num_tasks: int, per_task: Optional[int],
@@ -129,10 +130,10 @@ def run_experiment(learners: Sequence[str], stream_name: str, *, num_tasks: int,
         raise ValueError(f"memory (examples per class per task) must be >= 1, got {memory}")
     if skip_first < 0 or skip_first >= num_tasks:
         raise ValueError(f"skip_first must be in [0, {num_tasks}), got {skip_first}")
-    parsed = {name: parse_overrides(overrides, LEARNERS[name][1]) if name in LEARNERS else None for name in learners}
     for name in learners:
         if name not in LEARNERS:
             raise ValueError(f"unknown learner {name!r}; choose from {', '.join(LEARNERS)}")
+    parsed = {name: parse_overrides(overrides, LEARNERS[name][1]) for name in learners}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
@@ -140,19 +141,19 @@ def run_experiment(learners: Sequence[str], stream_name: str, *, num_tasks: int,
         "seeds": list(seeds), "skip_first": skip_first, "overrides": list(overrides), "data": data,
         "torch_threads": torch.get_num_threads(), "learners": {},
     }
+    if stream_name == "split-cifar100":
+        if data is None:
+            raise ValueError("split-cifar100 needs --data pointing at the CIFAR-100 python files")
+        stream_kwargs: dict[str, Any] = {"root": data}
+    else:
+        stream_kwargs = {"source": data} if per_task is None else {"source": data, "per_task": per_task}
+    streams: dict[int, Stream] = {}  # one stream per seed, shared by the learners
     for name in learners:
         runs = []
         for seed in seeds:
-            kwargs: dict[str, Any] = {"num_tasks": num_tasks, "seed": seed}
-            if stream_name == "split-cifar100":
-                if data is None:
-                    raise ValueError("split-cifar100 needs --data pointing at the CIFAR-100 python files")
-                kwargs = {"root": data, "num_tasks": num_tasks, "seed": seed}
-            else:
-                kwargs["source"] = data
-                if per_task is not None:
-                    kwargs["per_task"] = per_task
-            stream = make_stream(stream_name, **kwargs)
+            if seed not in streams:
+                streams[seed] = make_stream(stream_name, num_tasks=num_tasks, seed=seed, **stream_kwargs)
+            stream = streams[seed]
             learner = build_learner(name, stream, memory, parsed[name], seed)
             ck = out / f"checkpoint-{name}-seed{seed}.pt"
             if progress:
@@ -189,9 +190,8 @@ def summary_table(results: dict[str, Any]) -> str:
              f"seeds {results['seeds']}" + (f", first {results['skip_first']} tasks left out" if results["skip_first"] else ""),
              "", "| learner | accuracy (%) | forgetting (%) | BWT (%) | train s |", "|---|---:|---:|---:|---:|"]
     for name, r in results["learners"].items():
-        agg = {k: [run["summary"][k] for run in r["runs"]] for k in r["runs"][0]["summary"]}
-        lines.append(f"| {name} | {_fmt(agg['accuracy'])} | {_fmt(agg['forgetting'])} | {_fmt(agg['bwt'])} | "
-                     f"{_fmt(agg['train_seconds'], 1.0)} |")
+        lines.append(f"| {name} | {_fmt(r, 'accuracy')} | {_fmt(r, 'forgetting')} | {_fmt(r, 'bwt')} | "
+                     f"{_fmt(r, 'train_seconds', 1.0)} |")
     return "\n".join(lines)
 
 

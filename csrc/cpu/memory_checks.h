@@ -40,6 +40,27 @@ inline void check_not_self_overlapping(const at::Tensor& t, const char* name) {
                     "written in place");
 }
 
+// m, the slots per ring: data must hold num_tasks*num_classes*m rows with m >= 1 (counts is
+// [num_tasks, num_classes], checked by check_counts).
+inline int64_t check_ring_rows(const at::Tensor& data, const at::Tensor& counts) {
+  const int64_t rings = counts.size(0) * counts.size(1);
+  const int64_t rows = data.dim() >= 1 ? data.size(0) : 0;
+  TORCH_CHECK_VALUE(rings > 0 && rows > 0 && rows % rings == 0,
+                    "data must have num_tasks*num_classes*m rows with m >= 1; got ", rows,
+                    " rows for ", rings, " rings");
+  return rows / rings;
+}
+
+// x as a plain contiguous buffer that does not share memory with `written` (an x that is a view
+// of the storage being written is read from a copy, so rows written early never change rows
+// read later).
+inline at::Tensor source_rows(const at::Tensor& x, const at::Tensor& written) {
+  const at::Tensor r = x.resolve_conj().resolve_neg();
+  if (x.numel() > 0 && at::get_overlap_status(written, x) != at::MemOverlapStatus::No)
+    return r.clone(at::MemoryFormat::Contiguous);
+  return r.contiguous();
+}
+
 struct RingLayout {
   int64_t num_tasks, num_classes, m, b;
 };
@@ -50,12 +71,7 @@ inline RingLayout check_ring_insert_args(const at::Tensor& data, const at::Tenso
                                          const at::Tensor& x, const at::Tensor& y, int64_t task) {
   check_counts(counts);
   const int64_t num_tasks = counts.size(0), num_classes = counts.size(1);
-  const int64_t rings = num_tasks * num_classes;
-  const int64_t rows = data.dim() >= 1 ? data.size(0) : 0;
-  TORCH_CHECK_VALUE(rings > 0 && rows > 0 && rows % rings == 0,
-                    "data must have num_tasks*num_classes*m rows with m >= 1; got ", rows,
-                    " rows for ", rings, " rings (counts has shape ", counts.sizes(), ")");
-  const int64_t m = rows / rings;
+  const int64_t m = check_ring_rows(data, counts);
   check_x_shape(x, data);
   const int64_t b = x.size(0);
   TORCH_CHECK_VALUE(y.scalar_type() == at::kLong && y.dim() == 1 && y.size(0) == b,

@@ -45,14 +45,6 @@ bool rows_memcpy_ok(const at::Tensor& data) {
   return data.is_contiguous() && !data.is_conj() && !data.is_neg();
 }
 
-// x as a plain contiguous buffer that does not share memory with data (an x that is a view of
-// data is read from a copy, so rows written early never change rows read later).
-at::Tensor source_rows(const at::Tensor& x, const at::Tensor& data) {
-  if (x.numel() > 0 && at::get_overlap_status(data, x) != at::MemOverlapStatus::No)
-    return x.resolve_conj().resolve_neg().clone(at::MemoryFormat::Contiguous);
-  return x.resolve_conj().resolve_neg().contiguous();
-}
-
 // data[dst[i]] <- src[i] for the listed pairs. Destinations are distinct (callers drop the rows a
 // later row of the batch overwrites), so the copies may run in any order and in parallel.
 void copy_rows(const at::Tensor& data, const at::Tensor& src, const std::vector<int64_t>& src_row,
@@ -217,15 +209,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ring_sample_rows(
     const at::Tensor& data, const at::Tensor& counts, at::IntArrayRef tasks, int64_t n,
     std::optional<at::Generator> generator) {
   check_counts(counts);
-  const int64_t num_tasks = counts.size(0), num_classes = counts.size(1);
-  const int64_t rings = num_tasks * num_classes;
-  const int64_t rows = data.dim() >= 1 ? data.size(0) : 0;
-  TORCH_CHECK_VALUE(rings > 0 && rows > 0 && rows % rings == 0,
-                    "data must have num_tasks*num_classes*m rows with m >= 1; got ", rows,
-                    " rows for ", rings, " rings");
+  const int64_t num_classes = counts.size(1);
+  const int64_t m = check_ring_rows(data, counts);
   TORCH_CHECK_VALUE(data.device() == counts.device(), "data is on ", data.device(),
                     " but counts is on ", counts.device());
-  const int64_t m = rows / rings;
   at::Tensor index = at::empty({std::max<int64_t>(n, 0)}, counts.options().dtype(at::kLong));
   int64_t* ip = index.mutable_data_ptr<int64_t>();
   sample_rows(counts, m, tasks, n, generator, ip);

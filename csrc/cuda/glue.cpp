@@ -210,26 +210,14 @@ void trajectory_shift_(at::TensorList phi, at::TensorList thetas, double meta_lr
 }
 
 // ------------------------------------------------------------------ episodic memory
-// The checks and messages of the CPU kernels (csrc/cpu/memory_ops.cpp), in the order of
-// fastcl/ops/reference.py. Rows are copied as raw bytes, so every dtype of `data` works.
+// The argument checks are those of the CPU kernels (csrc/cpu/memory_checks.h). Rows are copied
+// as raw bytes, so every dtype of `data` works.
 
-
-
-
-
-// A contiguous copy of `t` when it shares memory with `written` (the kernels read it while
-// they write `written`), else a contiguous view.
-at::Tensor source_of(const at::Tensor& t, const at::Tensor& written) {
-  const at::Tensor r = t.resolve_conj().resolve_neg();
-  if (t.numel() > 0 && at::get_overlap_status(written, t) != at::MemOverlapStatus::No)
-    return r.clone(at::MemoryFormat::Contiguous);
-  return r.contiguous();
-}
 
 void ring_insert_(const at::Tensor& data, const at::Tensor& counts, const at::Tensor& x,
                   const at::Tensor& y, int64_t task) {
   const RingLayout L = check_ring_insert_args(data, counts, x, y, task);
-  const int64_t num_tasks = L.num_tasks, num_classes = L.num_classes, m = L.m, b = L.b;
+  const int64_t num_classes = L.num_classes, m = L.m, b = L.b;
   check_cuda(data, "data");
   const OnDevice on(data);
   // Label range and counts >= 0, read on the host in one synchronisation (the reference
@@ -255,7 +243,7 @@ void ring_insert_(const at::Tensor& data, const at::Tensor& counts, const at::Te
   check_not_self_overlapping(counts, "counts");
   check_no_overlap("counts", counts, "y", y);
   if (b == 0) return;
-  const at::Tensor xc = source_of(x, data);
+  const at::Tensor xc = source_rows(x, data);
   const at::Tensor yc = y.contiguous();
   const std::vector<Staged> out{stage(data), stage(counts)};
   const at::Tensor workspace = at::empty({2 * b}, yc.options());
@@ -312,7 +300,7 @@ at::Tensor reservoir_insert_(const at::Tensor& data, const at::Tensor& labels,
   const at::Tensor u = at::rand({b}, generator, data.options().dtype(at::kDouble));
   at::Tensor slots = at::empty({b}, data.options().dtype(at::kLong));
   if (b == 0) return slots;
-  const at::Tensor xc = source_of(x, data);
+  const at::Tensor xc = source_rows(x, data);
   // y may be a view of labels or tasks: then it is read from a copy.
   const at::Tensor yc = (at::get_overlap_status(labels, y) != at::MemOverlapStatus::No ||
                          at::get_overlap_status(tasks, y) != at::MemOverlapStatus::No)

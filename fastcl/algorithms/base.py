@@ -96,10 +96,17 @@ class ModelLearner(Learner):
         self.config = config
         self.device = next(model.parameters()).device
         self.task_classes = None if task_classes is None else [list(map(int, c)) for c in task_classes]
-        self._masks: dict[int, Tensor] = {}
+        # multi-head: row t marks the labels of task t (built once, indexed on every step)
+        self.mask_table: Optional[Tensor] = None
+        if self.task_classes is not None:
+            self.mask_table = torch.zeros(len(self.task_classes), num_classes, dtype=torch.bool, device=self.device)
+            for t, classes in enumerate(self.task_classes):
+                self.mask_table[t, classes] = True
         self.current_task = -1
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.param_names = [n for n, _ in named]
+        self.params = [p for _, p in named]
 
     def sgd_step(self, loss: Tensor, lr: Optional[float] = None) -> None:
         """One plain SGD step on ``loss`` with the fused list update (``prox_sgd_`` with prox 0)."""
@@ -123,8 +130,7 @@ class ModelLearner(Learner):
             raise ValueError(f"y must hold labels in [0, {self.num_classes}), got [{int(y.min())}, {int(y.max())}]")
         self._check_task(task)
         if self.task_classes is not None and y.numel():
-            allowed = self._mask(task)
-            if not bool(allowed[y].all()):
+            if not bool(self.mask_table[task][y].all()):
                 raise ValueError(f"y holds labels outside task {task}'s classes {self.task_classes[task]}")
 
     def _check_task(self, task: int) -> None:
@@ -136,28 +142,19 @@ class ModelLearner(Learner):
             raise ValueError(f"task {task} has no classes: task_classes covers {len(self.task_classes)} tasks")
 
     def _begin(self, task: int) -> None:
-        if task != self.current_task:
-            self.current_task = task
+        self.current_task = task
 
     # -- heads ------------------------------------------------------------------------
-    def _mask(self, task: int) -> Tensor:
-        if task not in self._masks:
-            m = torch.zeros(self.num_classes, dtype=torch.bool, device=self.device)
-            m[torch.tensor(self.task_classes[task], device=self.device)] = True
-            self._masks[task] = m
-        return self._masks[task]
+    def mask_logits(self, out: Tensor, tasks: Tensor | int, fill: float = float("-inf")) -> Tensor:
+        """``out`` with the logits of other tasks' classes set to ``fill`` (multi-head; single
+        head: ``out`` itself); ``tasks``: an int or ``[B]``."""
+        if self.mask_table is None:
+            return out
+        return out.masked_fill(~self.mask_table[tasks], fill)
 
     def logits(self, x: Tensor, tasks: Tensor | int) -> Tensor:
         """Model logits with other tasks' classes masked (multi-head); ``tasks``: an int or ``[B]``."""
-        out = self.model(x)
-        if self.task_classes is None:
-            return out
-        if isinstance(tasks, int):
-            mask = self._mask(tasks).expand_as(out)
-        else:
-            table = torch.stack([self._mask(t) for t in range(len(self.task_classes))])
-            mask = table[tasks]
-        return out.masked_fill(~mask, float("-inf"))
+        return self.mask_logits(self.model(x), tasks)
 
     def loss(self, x: Tensor, y: Tensor, tasks: Tensor | int) -> Tensor:
         return F.cross_entropy(self.logits(x, tasks), y)

@@ -80,19 +80,26 @@ class ERRing(ModelLearner):
             return None
         return self.memory.sample(self.config.replay_batch, tasks=range(task), generator=self.generator)
 
-    def observe(self, x: Tensor, y: Tensor, task: int) -> float:
+    def _start(self, x: Tensor, y: Tensor, task: int) -> None:
+        """Check an incoming batch (and that the memory has room for its task); begin its task."""
         self._check_batch(x, y, task)
         if task >= self.config.num_tasks:
             raise ValueError(f"task {task} exceeds the memory's num_tasks={self.config.num_tasks}")
         self._begin(task)
+
+    def _joined_batch(self, x: Tensor, y: Tensor, task: int) -> tuple[Tensor, Tensor, Tensor | int]:
+        """:meth:`_start`, then B u B_M: the incoming batch joined with a replay batch of previous
+        tasks, as (x, y, tasks) with tasks the int task (single head) or per-example task ids."""
+        self._start(x, y, task)
         mem = self.replay(task)
         if mem is None:
-            loss = self.loss(x, y, task)
-        else:
-            mx, my, mt = mem
-            tasks = torch.cat([torch.full_like(y, task), mt])
-            loss = self.loss(torch.cat([x, mx]), torch.cat([y, my]),
-                             tasks if self.task_classes is not None else task)
+            return x, y, task
+        mx, my, mt = mem
+        tasks = torch.cat([torch.full_like(y, task), mt]) if self.task_classes is not None else task
+        return torch.cat([x, mx]), torch.cat([y, my]), tasks
+
+    def observe(self, x: Tensor, y: Tensor, task: int) -> float:
+        loss = self.loss(*self._joined_batch(x, y, task))
         self.sgd_step(loss)
         self.memory.add(x.detach(), y, task)
         return float(loss.detach())

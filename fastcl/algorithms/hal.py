@@ -153,27 +153,10 @@ class HAL(ERRing):
         return self.anchor_x[past], past // self.num_classes
 
     def _masked(self, out: Tensor, tasks) -> Tensor:
-        if self.task_classes is None:
-            return out
-        table = torch.stack([self._mask(t) for t in range(len(self.task_classes))])
-        return out.masked_fill(~table[tasks], 0.0)  # L2 over the task's own logits
-
-    def _head_logits(self, params: dict, x: Tensor, tasks) -> Tensor:
-        return self._masked(functional_call(self.model, params, (x,)), tasks)
+        return self.mask_logits(out, tasks, 0.0)  # L2 over the task's own logits
 
     def observe(self, x: Tensor, y: Tensor, task: int) -> float:
-        self._check_batch(x, y, task)
-        if task >= self.config.num_tasks:
-            raise ValueError(f"task {task} exceeds the memory's num_tasks={self.config.num_tasks}")
-        self._begin(task)
-        mem = self.replay(task)
-        if mem is None:
-            bx, by, bt = x, y, task
-        else:
-            mx, my, mt = mem
-            bx, by = torch.cat([x, mx]), torch.cat([y, my])
-            bt = torch.cat([torch.full_like(y, task), mt]) if self.task_classes is not None else task
-        loss = self.loss(bx, by, bt)
+        loss = self.loss(*self._joined_batch(x, y, task))
         anchors = self._anchor_batch(task)
         if anchors is None:
             self.sgd_step(loss)
@@ -201,8 +184,8 @@ class HAL(ERRing):
         g = torch.autograd.grad(loss, self.params, create_graph=True)
         # theta~ = theta - alpha*g: the fused differentiable step (gradients flow to theta and g)
         tilde = ops.prox_sgd(self.params, list(g), None, None, self.config.lr, 0.0)
-        names = [n for n, p in self.model.named_parameters() if p.requires_grad]
-        term = self._anchor_term(self._masked(self.model(e), et), self._head_logits(dict(zip(names, tilde)), e, et))
+        out_tilde = functional_call(self.model, dict(zip(self.param_names, tilde)), (e,))
+        term = self._anchor_term(self._masked(self.model(e), et), self._masked(out_tilde, et))
         # grad of Eq. 5 = grad l + lambda * grad(anchor term): l's gradient is g already, so only
         # the anchor term is back-propagated (through theta~ and through g)
         return torch.autograd.grad(term, self.params, allow_unused=True), g
@@ -267,10 +250,7 @@ class HAL(ERRing):
         for _ in range(self.config.finetune_steps):
             mx, my, mt = self.memory.sample(self.config.replay_batch, tasks=range(task),
                                             generator=self.anchor_generator)
-            out = twin(mx)
-            if self.task_classes is not None:
-                table = torch.stack([self._mask(t) for t in range(len(self.task_classes))])
-                out = out.masked_fill(~table[mt], float("-inf"))
+            out = self.mask_logits(twin(mx), mt)
             grads = torch.autograd.grad(F.cross_entropy(out, my), tps)
             with torch.no_grad():
                 ops.prox_sgd_(tps, list(grads), None, None, self.config.lr, 0.0)
@@ -311,7 +291,6 @@ class HAL(ERRing):
         if self.config.anchors == "hindsight" and self.config.k > 0:
             twin = self._finetune_twin(task)  # theta_M
             y = torch.tensor(labels, device=self.device)
-            mask = self._mask(task) if self.task_classes is not None else None
             phi_t = self.phi_t
             lo, hi = self.config.input_range
             e = e.clone().requires_grad_(True)
@@ -327,11 +306,8 @@ class HAL(ERRing):
             try:
                 step = 0
                 for _ in range(self.config.k):
-                    out_m = twin(e)
-                    out_t = self.model(e)
-                    if mask is not None:
-                        out_m = out_m.masked_fill(~mask, float("-inf"))
-                        out_t = out_t.masked_fill(~mask, float("-inf"))
+                    out_m = self.mask_logits(twin(e), task)
+                    out_t = self.mask_logits(self.model(e), task)
                     # Eq. 9, summed over the task's anchors; ascent = minimise its negative
                     forgetting = (F.cross_entropy(out_m, y, reduction="sum")
                                   - F.cross_entropy(out_t, y, reduction="sum"))

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from .base import LearnerConfig, ModelLearner
+from .er import Finetune
 
 __all__ = ["CloneAndFinetune", "Multitask", "OracleConfig"]
 
@@ -40,20 +41,13 @@ class OracleConfig(LearnerConfig):
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
-class CloneAndFinetune(ModelLearner):
-    """One model per task, each cloned from the previous task's final model."""
+class CloneAndFinetune(Finetune):
+    """One model per task, each cloned from the previous task's final model (trained as Finetune)."""
 
     def __init__(self, model: nn.Module, num_classes: int, input_shape: Sequence[int],
                  config: Optional[OracleConfig] = None, task_classes=None):
         super().__init__(model, num_classes, input_shape, config or OracleConfig(), task_classes)
         self.task_params: dict[int, dict[str, Tensor]] = {}
-
-    def observe(self, x: Tensor, y: Tensor, task: int) -> float:
-        self._check_batch(x, y, task)
-        self._begin(task)
-        loss = self.loss(x, y, task)
-        self.sgd_step(loss)
-        return float(loss.detach())
 
     def end_task(self, task: int) -> None:
         self._check_task(task)
@@ -67,12 +61,9 @@ class CloneAndFinetune(ModelLearner):
         was = self.model.training
         self.model.eval()
         try:
-            out = functional_call(self.model, state, (x,))
+            return self.mask_logits(functional_call(self.model, state, (x,)), task)
         finally:
             self.model.train(was)
-        if self.task_classes is not None:
-            out = out.masked_fill(~self._mask(task), float("-inf"))
-        return out
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

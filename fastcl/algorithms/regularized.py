@@ -52,15 +52,12 @@ class AGEM(ERRing):
         super().__init__(model, num_classes, input_shape, config or AGEMConfig(), task_classes)
 
     def observe(self, x: Tensor, y: Tensor, task: int) -> float:
-        self._check_batch(x, y, task)
-        if task >= self.config.num_tasks:
-            raise ValueError(f"task {task} exceeds the memory's num_tasks={self.config.num_tasks}")
-        self._begin(task)
+        self._start(x, y, task)
         loss = self.loss(x, y, task)
         g = torch.autograd.grad(loss, self.params)
         if task > 0 and any(self.memory.inserted[:task]):
             mx, my, mt = self.memory.sample(self.config.ref_batch, tasks=range(task), generator=self.generator)
-            ref_loss = self.loss(mx, my, mt if self.task_classes is not None else task)
+            ref_loss = self.loss(mx, my, mt)
             g_ref = torch.autograd.grad(ref_loss, self.params)
             dot = sum((a * b).sum() for a, b in zip(g, g_ref))
             if dot < 0:
@@ -100,19 +97,15 @@ class EWC(ModelLearner):
         self._task_examples = 0
 
     def _per_example_sq_grads(self, x: Tensor, y: Tensor, task: int) -> list[Tensor]:
-        names = [n for n, p in self.model.named_parameters() if p.requires_grad]
-        params = {n: p.detach() for n, p in zip(names, self.params)}
+        params = {n: p.detach() for n, p in zip(self.param_names, self.params)}
         buffers = dict(self.model.named_buffers())
-        mask = self._mask(task) if self.task_classes is not None else None
 
         def loss_one(p, xi, yi):
             out = functional_call(self.model, {**p, **buffers}, (xi.unsqueeze(0),))
-            if mask is not None:
-                out = out.masked_fill(~mask, float("-inf"))
-            return F.cross_entropy(out, yi.unsqueeze(0))
+            return F.cross_entropy(self.mask_logits(out, task), yi.unsqueeze(0))
 
         per = vmap(grad(loss_one), in_dims=(None, 0, 0))(params, x, y)
-        return [per[n].pow(2).sum(0) for n in names]
+        return [per[n].pow(2).sum(0) for n in self.param_names]
 
     def observe(self, x: Tensor, y: Tensor, task: int) -> float:
         self._check_batch(x, y, task)

@@ -264,6 +264,20 @@ def _eager(fn, names):
     return build
 
 
+def _update_impls(names, fused, chain, loop, foreach):
+    """The UPDATE_IMPLS of an update op on the state lists ``names``: the fused op, its eager chain,
+    the per-tensor loop of its reference, the ``_foreach`` form, and torch.compile of the chain and
+    of the ``_foreach`` form."""
+    return {
+        "fused": _eager(fused, names),
+        "chain": _eager(chain, names),
+        "loop": _eager(loop, names),
+        "foreach": _eager(foreach, names),
+        "compile": _compiled(chain, names),
+        "compile_foreach": _compiled(foreach, names),
+    }
+
+
 # ---------------------------------------------------------------------------- prox_sgd_
 def _prox_make(case: Case, seed: int) -> State:
     g = torch.Generator().manual_seed(seed)
@@ -300,14 +314,11 @@ PROX_OP = Op(
     kind="update",
     cases=_list_cases,
     make=_prox_make,
-    impls={
-        "fused": _eager(lambda P, G, A, H: fops.prox_sgd_(P, G, A, H, LR, PROX), _PROX),
-        "chain": _eager(prox_chain, _PROX),
-        "loop": _eager(lambda P, G, A, H: ref.prox_sgd_(P, G, A, H, LR, PROX), _PROX),
-        "foreach": _eager(prox_foreach, _PROX),
-        "compile": _compiled(prox_chain, _PROX),
-        "compile_foreach": _compiled(prox_foreach, _PROX),
-    },
+    impls=_update_impls(_PROX,
+                        fused=lambda P, G, A, H: fops.prox_sgd_(P, G, A, H, LR, PROX),
+                        chain=prox_chain,
+                        loop=lambda P, G, A, H: ref.prox_sgd_(P, G, A, H, LR, PROX),
+                        foreach=prox_foreach),
     written=("params",),
     n_read=lambda c: 4,
     n_write=lambda c: 1,
@@ -343,14 +354,11 @@ PROX_OOP_OP = Op(
     kind="update",
     cases=_list_cases,
     make=_prox_make,
-    impls={
-        "fused": _eager(lambda P, G, A, H: fops.prox_sgd(P, G, A, H, LR, PROX), _PROX),
-        "chain": _eager(prox_oop_chain, _PROX),
-        "loop": _eager(lambda P, G, A, H: ref.prox_sgd(P, G, A, H, LR, PROX), _PROX),
-        "foreach": _eager(prox_oop_foreach, _PROX),
-        "compile": _compiled(prox_oop_chain, _PROX),
-        "compile_foreach": _compiled(prox_oop_foreach, _PROX),
-    },
+    impls=_update_impls(_PROX,
+                        fused=lambda P, G, A, H: fops.prox_sgd(P, G, A, H, LR, PROX),
+                        chain=prox_oop_chain,
+                        loop=lambda P, G, A, H: ref.prox_sgd(P, G, A, H, LR, PROX),
+                        foreach=prox_oop_foreach),
     written=(),  # returns new tensors; the check compares them and that the inputs are unchanged
     n_read=lambda c: 4,
     n_write=lambda c: 1,
@@ -391,14 +399,11 @@ TAYLOR_OP = Op(
     kind="update",
     cases=_list_cases,
     make=_taylor_make,
-    impls={
-        "fused": _eager(lambda H, G, P: fops.taylor_importance_(H, G, P, DECAY), _TAYLOR),
-        "chain": _eager(taylor_chain, _TAYLOR),
-        "loop": _eager(lambda H, G, P: ref.taylor_importance_(H, G, P, DECAY), _TAYLOR),
-        "foreach": _eager(taylor_foreach, _TAYLOR),
-        "compile": _compiled(taylor_chain, _TAYLOR),
-        "compile_foreach": _compiled(taylor_foreach, _TAYLOR),
-    },
+    impls=_update_impls(_TAYLOR,
+                        fused=lambda H, G, P: fops.taylor_importance_(H, G, P, DECAY),
+                        chain=taylor_chain,
+                        loop=lambda H, G, P: ref.taylor_importance_(H, G, P, DECAY),
+                        foreach=taylor_foreach),
     written=("importance",),
     n_read=lambda c: 3,
     n_write=lambda c: 1,
@@ -467,14 +472,11 @@ EMCL_OP = Op(
     kind="update",
     cases=_list_cases,
     make=_emcl_make,
-    impls={
-        "fused": _eager(_emcl_fused, _EMCL),
-        "chain": _eager(emcl_chain, _EMCL),
-        "loop": _eager(_emcl_ref, _EMCL),
-        "foreach": _eager(emcl_foreach, _EMCL),
-        "compile": _compiled(emcl_chain, _EMCL),
-        "compile_foreach": _compiled(emcl_foreach, _EMCL),
-    },
+    impls=_update_impls(_EMCL,
+                        fused=_emcl_fused,
+                        chain=emcl_chain,
+                        loop=_emcl_ref,
+                        foreach=emcl_foreach),
     written=("params", "importance", "meta_lrs"),
     n_read=lambda c: 5,
     n_write=lambda c: 3,
@@ -516,14 +518,11 @@ SHIFT_OP = Op(
     kind="update",
     cases=_shift_cases,
     make=_shift_make,
-    impls={
-        "fused": _eager(lambda PHI, TH: fops.trajectory_shift_(PHI, TH, META_LR, True), _SHIFT),
-        "chain": _eager(shift_chain, _SHIFT),
-        "loop": _eager(lambda PHI, TH: ref.trajectory_shift_(PHI, TH, META_LR, True), _SHIFT),
-        "foreach": _eager(shift_foreach, _SHIFT),
-        "compile": _compiled(shift_chain, _SHIFT),
-        "compile_foreach": _compiled(shift_foreach, _SHIFT),
-    },
+    impls=_update_impls(_SHIFT,
+                        fused=lambda PHI, TH: fops.trajectory_shift_(PHI, TH, META_LR, True),
+                        chain=shift_chain,
+                        loop=lambda PHI, TH: ref.trajectory_shift_(PHI, TH, META_LR, True),
+                        foreach=shift_foreach),
     written=("phi", "thetas"),
     n_read=lambda c: 1 + c.T,
     n_write=lambda c: 1 + c.T,
