@@ -67,15 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
     from fastcl.data.streams import STREAMS
     from fastcl.experiments import LEARNERS
 
+    families = _run_families()
+    names = list(LEARNERS) + [n for mod in families for n in mod.NAMES]
+
     p = sub.add_parser(
         "run", help="train continual learners on a stream: accuracy, forgetting, plots",
         description="Train one or more continual learners (comma-separated) on a task stream over "
                     "several seeds; print accuracy and forgetting (mean (std) over seeds) and write "
                     "results.json, results.csv, accuracy.png and matrix.png.",
-        epilog="learners: " + ", ".join(LEARNERS) + ". Example: fastcl run er-ring,hal --stream "
+        epilog="learners: " + ", ".join(names) + ". Example: fastcl run er-ring,hal --stream "
                "permuted-mnist --tasks 23 --memory 1 --seeds 5 --skip-first 3")
     p.add_argument("learner", help="learner name, or several separated by commas")
-    p.add_argument("--stream", default="permuted-mnist", choices=sorted(STREAMS))
+    p.add_argument("--stream", default=None,
+                   help="task stream of the continual learners: " + ", ".join(sorted(STREAMS))
+                        + " (default permuted-mnist)")
     p.add_argument("--tasks", type=int, default=None, help="number of tasks (default: the stream's)")
     p.add_argument("--per-task", type=int, default=None, help="training examples per task (MNIST streams)")
     p.add_argument("--memory", type=int, default=1, help="m: examples per class per task in memory (1, 3, 5)")
@@ -93,8 +98,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue interrupted runs from their checkpoints")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-plots", action="store_true", help="do not write the PNG plots")
+    g = p.add_argument_group("meta-learning options (shared by the meta-learning families; default: the family's)")
+    g.add_argument("--family", default=None, help="task family of the meta-learners (e.g. sinusoid, synthetic2d)")
+    g.add_argument("--shots", type=int, default=None, help="K: examples per task in the support set")
+    g.add_argument("--meta-batch", type=int, default=None, help="tasks per meta-update")
+    g.add_argument("--inner-steps", type=int, default=None, help="inner (adaptation) steps per task")
+    g.add_argument("--iterations", type=int, default=None, help="meta-iterations (outer steps)")
+    for mod in families:  # the meta-learning families add their own options
+        mod.add_run_arguments(p.add_argument_group(mod.__doc__.strip().split("\n")[0]))
     p.set_defaults(func=_run)
     return parser
+
+
+#: Modules that run learners other than the continual ones of fastcl.experiments. Each exposes
+#: ``NAMES`` (the learner names it runs), ``add_run_arguments(group)`` (its own options; the shared
+#: ones are --seeds, --seed-offset, --out, --threads, --resume, --no-progress, --no-plots, --data,
+#: --stream, --set, --tasks, --family, --shots, --meta-batch, --inner-steps, --iterations) and ``run_from_args(args, learners) -> int``.
+RUN_FAMILIES: tuple[str, ...] = ()
+
+
+def _run_families():
+    import importlib
+
+    return [importlib.import_module(name) for name in RUN_FAMILIES]
 
 
 _DEFAULT_TASKS = {"permuted-mnist": 23, "rotated-mnist": 23, "many-permutations": 100, "split-cifar100": 20}
@@ -110,6 +136,23 @@ def _run(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise SystemExit("fastcl run: --seeds must be >= 1")
     learners = [n.strip() for n in args.learner.split(",") if n.strip()]
+    if not learners:
+        raise SystemExit("fastcl run: name at least one learner")
+    for mod in _run_families():
+        if learners[0] in mod.NAMES:
+            others = [n for n in learners if n not in mod.NAMES]
+            if others:
+                raise SystemExit(f"fastcl run: {', '.join(others)} cannot run together with {learners[0]}")
+            try:
+                return int(mod.run_from_args(args, learners) or 0)
+            except (ValueError, FileNotFoundError) as e:
+                print(f"fastcl run: {e}", file=sys.stderr)
+                return 2
+    from fastcl.data.streams import STREAMS
+
+    args.stream = args.stream or "permuted-mnist"
+    if args.stream not in STREAMS:
+        raise SystemExit(f"fastcl run: unknown stream {args.stream!r}; choose from {', '.join(sorted(STREAMS))}")
     tasks = args.tasks if args.tasks is not None else _DEFAULT_TASKS[args.stream]
     try:
         run_experiment(learners, args.stream, num_tasks=tasks, per_task=args.per_task, memory=args.memory,
