@@ -98,14 +98,43 @@ class HALConfig(ERConfig):
             raise ValueError(f"input_range must be (low, high) with low < high, got {self.input_range}")
 
 
-def feature_extractor(model: nn.Module):
-    """phi: the model without its last layer (``model.features`` if it has one)."""
+_HEAD_NAMES = ("head", "classifier", "linear", "fc")
+
+
+def split_model(model: nn.Module) -> tuple[nn.Module | Any, nn.Module]:
+    """(phi, w): the featurizer and the classifier of ``model``, with ``model(x) == w(phi(x))``.
+
+    ``phi`` is ``model.features`` and ``w`` the module named ``head``, ``classifier``, ``linear``
+    or ``fc`` when the model has them; an ``nn.Sequential`` splits before its last module. HAL
+    runs ``phi`` once per batch and reuses it for the logits and the mean embedding of Eq. 8.
+    """
     if hasattr(model, "features") and callable(model.features):
-        return model.features
-    if isinstance(model, nn.Sequential) and len(model) > 1:
-        return nn.Sequential(*list(model.children())[:-1])  # shares the model's modules
-    raise TypeError("HAL needs the model's feature extractor: give it a `features(x)` method "
-                    "or make it an nn.Sequential whose last module is the classifier")
+        for name in _HEAD_NAMES:
+            head = getattr(model, name, None)
+            if isinstance(head, nn.Module):
+                return model.features, head
+    elif isinstance(model, nn.Sequential) and len(model) > 1:
+        children = list(model.children())
+        return nn.Sequential(*children[:-1]), children[-1]  # shares the model's modules
+    raise TypeError("HAL needs the model split into a feature extractor and a classifier: give it a "
+                    "`features(x)` method and a `head` (or `classifier`, `linear`, `fc`) module, or make "
+                    "it an nn.Sequential whose last module is the classifier")
+
+
+def _check_split(model: nn.Module, features, head, input_shape: Sequence[int]) -> None:
+    """``model(x) == head(features(x))`` on a probe batch (eval mode: no statistics change)."""
+    p = next(model.parameters())
+    probe = torch.rand((2, *input_shape), generator=torch.Generator().manual_seed(0)).to(p)
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            same = torch.allclose(model(probe), head(features(probe)), rtol=1e-4, atol=1e-5)
+    finally:
+        model.train(was)
+    if not same:
+        raise TypeError("HAL split the model into features and head, but head(features(x)) != model(x): "
+                        "give the model a `features(x)` method and a `head` module that compose to forward")
 
 
 class HAL(ERRing):
@@ -117,7 +146,8 @@ class HAL(ERRing):
         if not isinstance(config, HALConfig):
             raise TypeError(f"config must be a HALConfig, got {type(config).__name__}")
         super().__init__(model, num_classes, input_shape, config, task_classes)
-        self.features = feature_extractor(model)
+        self.features, self.head = split_model(model)
+        _check_split(model, self.features, self.head, self.input_shape)
         dtype = self.params[0].dtype
         n_anchor = config.num_tasks * num_classes
         # one anchor slot per (task, class); anchor_mask marks the learned ones
@@ -125,6 +155,7 @@ class HAL(ERRing):
         self.anchor_mask = torch.zeros(n_anchor, dtype=torch.bool, device=self.device)
         # a generator of its own, so that HAL with lam = 0 replays exactly as ER-Ring does
         self.anchor_generator = torch.Generator(device=self.device).manual_seed(config.seed + 7919)
+        self._past: Optional[tuple[int, Tensor]] = None  # (task, learned anchor rows before it)
         self._reset_task_stats()
 
     # ------------------------------------------------------------------ task statistics
@@ -144,7 +175,9 @@ class HAL(ERRing):
         """At most ``anchors_per_step`` learned anchors of tasks before ``task``: (e, task ids)."""
         if self.config.lam == 0 or self.config.anchors_per_step == 0:
             return None
-        past = self.anchor_mask[: task * self.num_classes].nonzero().flatten()
+        if self._past is None or self._past[0] != task:  # anchors change only at task ends
+            self._past = (task, self.anchor_mask[: task * self.num_classes].nonzero().flatten())
+        past = self._past[1]
         if past.numel() == 0:
             return None
         if past.numel() > self.config.anchors_per_step:
@@ -156,21 +189,29 @@ class HAL(ERRing):
         return self.mask_logits(out, tasks, 0.0)  # L2 over the task's own logits
 
     def observe(self, x: Tensor, y: Tensor, task: int) -> float:
-        loss = self.loss(*self._joined_batch(x, y, task))
+        xb, yb, tb = self._joined_batch(x, y, task)
+        feats = self.features(xb)  # phi(B u B_M): the logits and Eq. 8's phi(B) both use it
+        loss = F.cross_entropy(self.mask_logits(self.head(feats), tb), yb)
         anchors = self._anchor_batch(task)
         if anchors is None:
             self.sgd_step(loss)
         else:
             e, et = anchors
             if self.config.first_order:
-                g_anchor, g = self._anchor_grad_first_order(loss, e, et)
+                g, anchor_grads = self._anchor_grad_first_order(loss, e, et)
             else:
-                g_anchor, g = self._anchor_grad_exact(loss, e, et)
-            total = [gi.detach() if ga is None else gi.detach() + ga for gi, ga in zip(g, g_anchor)]
+                g, anchor_grads = self._anchor_grad_exact(loss, e, et)
+            # theta <- theta - alpha * (g + g_anchor): one fused list step per gradient term
+            # instead of materialising their sum
             with torch.no_grad():
-                ops.prox_sgd_(self.params, total, None, None, self.config.lr, 0.0)
+                ops.prox_sgd_(self.params, [gi.detach() for gi in g], None, None, self.config.lr, 0.0)
+                for grads in anchor_grads:
+                    used = [(p, ga) for p, ga in zip(self.params, grads) if ga is not None]
+                    if used:
+                        ops.prox_sgd_([p for p, _ in used], [ga for _, ga in used], None, None,
+                                      self.config.lr, 0.0)
         with torch.no_grad():
-            self._update_task_stats(x, y)
+            self._update_task_stats(feats[: x.shape[0]], y, x)
         self.memory.add(x.detach(), y, task)
         return float(loss.detach())
 
@@ -188,7 +229,7 @@ class HAL(ERRing):
         term = self._anchor_term(self._masked(self.model(e), et), self._masked(out_tilde, et))
         # grad of Eq. 5 = grad l + lambda * grad(anchor term): l's gradient is g already, so only
         # the anchor term is back-propagated (through theta~ and through g)
-        return torch.autograd.grad(term, self.params, allow_unused=True), g
+        return g, [torch.autograd.grad(term, self.params, allow_unused=True)]
 
     def _anchor_grad_first_order(self, loss: Tensor, e: Tensor, et: Tensor):
         """Gradient of lambda * anchor term with d theta~ / d theta = I (Appendix D, first order).
@@ -205,10 +246,7 @@ class HAL(ERRing):
         term = self._anchor_term(self._masked(self.model(e), et), self._masked(twin(e), et))
         n = len(self.params)
         grads = torch.autograd.grad(term, self.params + twin_params, allow_unused=True)
-        out = []
-        for a, b in zip(grads[:n], grads[n:]):
-            out.append(a if b is None else (b if a is None else a + b))
-        return out, g
+        return g, [grads[:n], grads[n:]]  # the term's gradient at theta and at theta~
 
     def _twin(self):
         if getattr(self, "_twin_model", None) is None:
@@ -218,8 +256,9 @@ class HAL(ERRing):
         return self._twin_model, self._twin_params
 
     @torch.no_grad()
-    def _update_task_stats(self, x: Tensor, y: Tensor) -> None:
-        emb = self.features(x).mean(0)  # Eq. 8
+    def _update_task_stats(self, feats: Tensor, y: Tensor, x: Tensor) -> None:
+        """Eq. 8 from ``feats`` = phi(B), and the per-class input sums the anchors start from."""
+        emb = feats.mean(0)
         b = self.config.beta
         self.phi_t = (1 - b) * emb if self.phi_t is None else b * self.phi_t + (1 - b) * emb
         self.class_sum.index_add_(0, y, x.to(self.class_sum.dtype))
@@ -307,13 +346,13 @@ class HAL(ERRing):
                 step = 0
                 for _ in range(self.config.k):
                     out_m = self.mask_logits(twin(e), task)
-                    out_t = self.mask_logits(self.model(e), task)
+                    emb = self.features(e)  # phi at theta_t, shared by f_theta_t and the Eq. 9 term
+                    out_t = self.mask_logits(self.head(emb), task)
                     # Eq. 9, summed over the task's anchors; ascent = minimise its negative
                     forgetting = (F.cross_entropy(out_m, y, reduction="sum")
                                   - F.cross_entropy(out_t, y, reduction="sum"))
                     objective = forgetting
                     if phi_t is not None and self.config.gamma > 0:
-                        emb = self.features(e)  # phi at theta_t (the model's own parameters)
                         objective = objective - self.config.gamma * (emb - phi_t).pow(2).sum()
                     (g_e,) = torch.autograd.grad(-objective, e)
                     with torch.no_grad():
@@ -331,6 +370,7 @@ class HAL(ERRing):
         rows = torch.tensor([task * self.num_classes + c for c in labels], device=self.device)
         self.anchor_x[rows] = e.to(self.anchor_x.dtype)
         self.anchor_mask[rows] = True
+        self._past = None
         return e
 
     def end_task(self, task: int) -> None:
@@ -355,6 +395,7 @@ class HAL(ERRing):
         super().load_state_dict(state)
         self.anchor_x.copy_(state["anchor_x"])
         self.anchor_mask.copy_(state["anchor_mask"])
+        self._past = None
         self.anchor_generator.set_state(state["anchor_generator"])
         self.phi_t = None if state["phi_t"] is None else state["phi_t"].clone()
         self.class_sum = state["class_sum"].clone()
