@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
                              description=bench_learners.__doc__.split("\n\n")[0])
     bench_learners.add_arguments(q)
     q.set_defaults(func=bench_learners.main)
+    from fastcl.benchmarks import cts as bench_cts
+
+    q = bench_sub.add_parser("cts", help="CTS: T task learners under vmap + fused shift vs T nn.Module copies",
+                             description=bench_cts.__doc__.split("\n\n")[0])
+    bench_cts.add_arguments(q)
+    q.set_defaults(func=bench_cts.main)
 
     from fastcl.data.streams import STREAMS
     from fastcl.experiments import LEARNERS

@@ -2,8 +2,9 @@
 shared engine of T task learners stepping together under ``torch.func.vmap``.
 
 The T task learners keep their parameters stacked (``theta[name]`` has shape ``[T, *S]``); one
-inner step of all of them is one ``vmap(grad(loss))`` call and one batched optimizer update on
-the stacked tensors. The Reptile meta step and the shift of every trajectory are one call of the
+inner step of all of them is one ``vmap(loss)`` forward (``functional_call`` inside ``loss_fn``),
+one backward for the T per-task gradients and one batched optimizer update on the stacked
+tensors. The Reptile meta step and the shift of every trajectory are one call of the
 fused :func:`fastcl.ops.trajectory_shift_`.
 
 Tasks are given as a per-task loss ``loss_fn(params, batch) -> scalar`` (``params`` a dict of one
@@ -213,10 +214,24 @@ class TaskLearners:
         self.meta_steps = 0
         self.inner_steps_done = 0  # cumulative inner steps per task (all replays included)
         self._snapshot = None  # CTS-Accurate: heads and optimizer state at the start of repetition m
-        self._step_fn = torch.func.vmap(torch.func.grad_and_value(self._loss))
+        # the T losses in one vmapped forward; their per-task gradients in one backward of their
+        # sum (tasks share no parameter, so d sum / d theta_t = d L_t / d theta_t): about 2x
+        # faster than vmap(grad(loss)) for small models, the same numbers
+        self._losses = torch.func.vmap(self._loss)
 
     def _loss(self, params, batch):
         return self.loss_fn(params, batch)
+
+    def task_gradients(self, batch) -> tuple[dict[str, Tensor], Tensor]:
+        """Per-task gradients (stacked like ``theta``) and the ``[T_local]`` losses at ``theta``."""
+        leaves = {n: t.detach().requires_grad_(True) for n, t in self.theta.items()}
+        with torch.enable_grad():
+            losses = self._losses(leaves, batch)
+            if losses.shape != (len(self.tasks),):
+                raise ValueError(f"loss_fn must return a scalar per task, got shape {tuple(losses.shape[1:])}")
+            grads = torch.autograd.grad(losses.sum(), list(leaves.values()), allow_unused=True)
+        grads = {n: torch.zeros_like(leaves[n]) if g is None else g for n, g in zip(leaves, grads)}
+        return grads, losses.detach()
 
     # -- pieces of the algorithms ----------------------------------------------------
     @property
@@ -239,11 +254,11 @@ class TaskLearners:
     def inner_step(self, batch) -> Tensor:
         """One optimizer step of all local task learners on ``batch``; returns the ``[T_local]``
         losses before the step (Alg. 1 l. 9, Alg. 2 l. 9)."""
-        grads, losses = self._step_fn(self.theta, batch)
+        grads, losses = self.task_gradients(batch)
         inner_update_([self.theta[n] for n in self.names], [grads[n] for n in self.names], self.opt_state,
                       self.config)
         self.inner_steps_done += 1
-        return losses.detach()
+        return losses
 
     def meta_step(self, shift: bool) -> None:
         """``Delta = beta * mean_t(theta_t - phi)``; ``phi += Delta``; with ``shift`` every
