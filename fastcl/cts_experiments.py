@@ -166,8 +166,8 @@ def _plot_synthetic(results: dict, args, out: Path) -> None:
     seed = results["seeds"][0]
     fam = synthetic2d(T, seed=seed, form=args.cts_form)
     lr = next(iter(results["learners"].values()))["config"]["inner_lr"]
-    n = 60
-    xs = torch.linspace(-15, 25, n, dtype=torch.float64)
+    n = 80
+    xs = torch.linspace(-10, 20, n, dtype=torch.float64)
     grid = torch.stack(torch.meshgrid(xs, xs, indexing="xy"), -1).reshape(-1, 2)
     z = adapt_points(fam, grid, args.cts_test_steps or 100, "adam", lr).reshape(n, n)
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
@@ -411,6 +411,9 @@ def run_from_args(args, learners: Sequence[str]) -> int:
                     w.writerow([name, x["seed"], *[x["test_acc"][t] for t in test_names], x["mean_acc"],
                                 x["train_seconds"]])
     print(summary_table(results))
+    if family == "synthetic2d":
+        print("\nmeta-test loss (Adam) at equal cumulative inner steps per task\n")
+        print(equal_steps_table(results))
     if not args.no_plots:
         if family == "synthetic2d":
             _plot_synthetic(results, args, out)
@@ -433,6 +436,24 @@ def summary_table(results: dict[str, Any]) -> str:
         lines = ["| learner | meta-test accuracy (%) | meta-train seconds |", "|---|---|---|"]
         for n, r in results["learners"].items():
             lines.append(f"| {n} | {fmt(r['mean_acc'], 100, 3)} | {r['train_seconds'][0]:.1f} |")
+    return "\n".join(lines)
+
+
+def equal_steps_table(results: dict[str, Any], steps: Sequence[int] = (10, 30, 100, 300)) -> str:
+    """Synthetic family: the Adam meta-test loss of each learner at equal cumulative inner steps
+    per task (the last evaluation at or before each budget), mean (std) over seeds."""
+    head = "| learner | " + " | ".join(f"{s} steps" for s in steps) + " |"
+    lines = [head, "|---" * (len(steps) + 1) + "|"]
+    for n, r in results["learners"].items():
+        cells = []
+        for budget in steps:
+            vals = []
+            for x in r["runs"]:
+                i = max(j for j, c in enumerate(x["cum_steps"]) if c <= budget)
+                vals.append(x["test_adam"][i])
+            m, sd = _mean_std(vals)
+            cells.append(f"{m:.3g} ({sd:.3g})")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -277,3 +277,12 @@ def test_cts_lowers_the_synthetic_meta_test_loss():
     before = adapt_points(fam, x0[None], 30, "adam").item()
     after = adapt_points(fam, cts.phi["x"][None], 30, "adam").item()
     assert after < 0.8 * before
+
+
+def test_benchmark_baseline_is_the_same_algorithm():
+    """The benchmark's T nn.Module copies + torch.optim.SGD + per-tensor shift agree with CTS
+    (end_to_end checks it before timing)."""
+    from fastcl.benchmarks.cts import end_to_end
+
+    r = end_to_end(num_tasks=3, steps=1, repeats=1, sizes=(6, 5, 3), batch=4)
+    assert r["fastcl_s"] > 0 and r["modules_s"] > 0
