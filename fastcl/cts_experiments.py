@@ -3,6 +3,7 @@
     fastcl run reptile,cts,cts-noshift,cts-accurate --family synthetic2d --seeds 5
     fastcl run reptile,cts,mtl,scratch --family images --inner-steps 100 --iterations 10
     fastcl run cts --family synthetic2d --nproc 2          # tasks sharded over 2 processes
+    torchrun --nproc-per-node 2 -m fastcl.cli run cts      # the same, started by torchrun
     fastcl run cts-error                                   # approximation error vs alpha, beta, k
 
 Synthetic 2D (Sec. 4.1): T = 8 tasks (``--tasks``), K = 100 (``--inner-steps``), M = 3
@@ -374,6 +375,11 @@ def run_from_args(args, learners: Sequence[str]) -> int:
         raise ValueError("mtl and scratch are baselines of the images family")
     if args.nproc < 1:
         raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
+    from .distributed import init_from_env
+
+    rank, world = init_from_env()  # under torchrun: every rank runs its shard, rank 0 writes
+    if world > 1 and args.nproc > 1:
+        raise ValueError("--nproc cannot be used under torchrun, which starts the processes itself")
     overrides = _overrides(args.overrides)
     seeds = list(range(args.seed_offset, args.seed_offset + args.seeds))
     results: dict[str, Any] = {"family": family, "seeds": seeds, "learners": {}}
@@ -386,13 +392,16 @@ def run_from_args(args, learners: Sequence[str]) -> int:
                 runs.append(json.loads(ckpt.read_text()))
                 continue
             rec = _run_one(family, name, seed, cfg, args)
-            ckpt.write_text(json.dumps(rec))
+            if rank == 0:
+                ckpt.write_text(json.dumps(rec))
             runs.append(rec)
         r: dict[str, Any] = {"config": asdict(cfg), "runs": runs}
         keys = ("final_adam", "final_momentum") if family == "synthetic2d" else ("mean_acc",)
         for key in keys + ("train_seconds",):
             r[key] = _mean_std([x[key] for x in runs])
         results["learners"][name] = r
+    if rank != 0:
+        return 0
     (out / "results.json").write_text(json.dumps(results))
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.writer(f)
