@@ -67,7 +67,7 @@ class ModuleCopies:
 
 def _fastcl(model: torch.nn.Module, num_tasks: int) -> CTS:
     def loss(p, batch):
-        return F.cross_entropy(torch.func.functional_call(model, p, (batch[0],)), batch[1])
+        return F.cross_entropy(torch.func.functional_call(model, p, (batch[0],), tie_weights=False), batch[1])
 
     return CTS(model, loss, num_tasks, CTSConfig(inner_lr=ALPHA, meta_lr=BETA, momentum=MU, inner_steps=10 ** 9),
                distributed=False)

@@ -182,7 +182,7 @@ class ImageTasks:
 
     def loss(self, params: dict[str, Tensor], batch) -> Tensor:
         x, y = batch
-        return F.cross_entropy(torch.func.functional_call(self.model, params, (x,)), y)
+        return F.cross_entropy(torch.func.functional_call(self.model, params, (x,), tie_weights=False), y)
 
     def batch_fn(self, m: int, k: int, tasks: Tensor):
         """Batches ``([T, B, 1, 28, 28], [T, B])``: task t's examples of step (m, k), a pure
