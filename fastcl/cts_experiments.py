@@ -1,7 +1,9 @@
-"""Large-scale meta-learning (Reptile, CTS): the CTS paper's experiments behind ``fastcl run``.
+"""Reptile / CTS options (large-scale meta-learning, the CTS paper's experiments)
+
+The learners of the CTS paper behind ``fastcl run``:
 
     fastcl run reptile,cts,cts-noshift,cts-accurate --family synthetic2d --seeds 5
-    fastcl run reptile,cts,mtl,scratch --family images --inner-steps 100 --iterations 10
+    fastcl run reptile,cts,mtl-pretrain,scratch-init --family images --inner-steps 100 --iterations 10
     fastcl run cts --family synthetic2d --nproc 2          # tasks sharded over 2 processes
     torchrun --nproc-per-node 2 -m fastcl.cli run cts      # the same, started by torchrun
     fastcl run cts-error                                   # approximation error vs alpha, beta, k
@@ -14,8 +16,8 @@ recorded along meta-training against cumulative inner steps per task. Writes res
 results.csv, trajectories.png (phi over the Adam meta-test landscape, Fig. 5) and metatest.png.
 
 Images: meta-train on heterogeneous 10-way tasks with their own heads (``--cts-train``), meta-test
-by fine-tuning on held-out ones (``--cts-test``); ``mtl`` is multi-task pre-training (shared trunk,
-one head per task, the same number of steps) and ``scratch`` a random initialization.
+by fine-tuning on held-out ones (``--cts-test``); ``mtl-pretrain`` is multi-task pre-training (shared trunk,
+one head per task, the same number of steps) and ``scratch-init`` a random initialization.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from .algorithms.cts import CTS, CTSAccurate, CTSConfig, TaskLearners, approxima
 from .algorithms.reptile import Reptile
 from .data.cts_tasks import SYNTHETIC_FORMS, SmallConvNet, adapt_points, image_tasks, synthetic2d
 
-NAMES = ("reptile", "cts", "cts-accurate", "cts-noshift", "mtl", "scratch", "cts-error")
+NAMES = ("reptile", "cts", "cts-accurate", "cts-noshift", "mtl-pretrain", "scratch-init", "cts-error")
 FAMILIES = ("synthetic2d", "images")
 
 #: name -> (class, fixed config fields)
@@ -138,7 +140,7 @@ def _dist_worker(rank: int, world: int, kind: str, name: str, seed: int, cfg: di
 
 def _run_one(family: str, name: str, seed: int, cfg: CTSConfig, args) -> dict[str, Any]:
     nproc = getattr(args, "nproc", 1) or 1
-    if nproc == 1 or name in ("mtl", "scratch"):
+    if nproc == 1 or name in ("mtl-pretrain", "scratch-init"):
         return (_synthetic_one if family == "synthetic2d" else _images_one)(name, seed, cfg, args)
     from .distributed import spawn
 
@@ -264,9 +266,9 @@ def _images_one(name: str, seed: int, cfg: CTSConfig, args, distributed: bool = 
     rec: dict[str, Any] = {"seed": seed}
     t0 = time.perf_counter()
     progress = not args.no_progress
-    if name == "scratch":
+    if name == "scratch-init":
         trunk = {n: p.detach().clone() for n, p in model.named_parameters() if n not in heads}
-    elif name == "mtl":
+    elif name == "mtl-pretrain":
         trunk = _mtl(train, model, cfg, cfg.inner_steps * cfg.repetitions, progress)
     else:
         learner = META_LEARNERS[name][0](model, train.loss, len(train), cfg, heads=heads, distributed=distributed)
@@ -371,8 +373,8 @@ def run_from_args(args, learners: Sequence[str]) -> int:
     family = args.family or "synthetic2d"
     if family not in FAMILIES:
         raise ValueError(f"--family must be one of {', '.join(FAMILIES)} for {', '.join(learners)}, got {family!r}")
-    if family == "synthetic2d" and any(n in ("mtl", "scratch") for n in learners):
-        raise ValueError("mtl and scratch are baselines of the images family")
+    if family == "synthetic2d" and any(n in ("mtl-pretrain", "scratch-init") for n in learners):
+        raise ValueError("mtl-pretrain and scratch-init are baselines of the images family")
     if args.nproc < 1:
         raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
     from .distributed import init_from_env

@@ -37,13 +37,13 @@ def test_run_images_family(tmp_path, capsys):
     d.mkdir()
     _write_mnist_dir(d, n_train=60, n_test=20)
     out = tmp_path / "img"
-    rc = main(["run", "reptile,cts,mtl,scratch", "--family", "images", "--data", str(d), "--inner-steps", "2",
+    rc = main(["run", "reptile,cts,mtl-pretrain,scratch-init", "--family", "images", "--data", str(d), "--inner-steps", "2",
                "--iterations", "2", "--cts-train", "mnist,mnist-rot90", "--cts-test", "mnist-inverted",
                "--cts-per-task", "40", "--cts-test-train", "40", "--cts-test-steps", "2", "--out", str(out),
                "--no-progress"])
     assert rc == 0
     res = json.loads((out / "results.json").read_text())["learners"]
-    assert set(res) == {"reptile", "cts", "mtl", "scratch"}
+    assert set(res) == {"reptile", "cts", "mtl-pretrain", "scratch-init"}
     for r in res.values():
         assert 0 <= r["runs"][0]["test_acc"]["mnist-inverted"] <= 1
     assert res["cts"]["config"]["meta_lr"] == 0.1 and res["reptile"]["config"]["meta_lr"] == 1.0
@@ -51,7 +51,7 @@ def test_run_images_family(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, match", [
-    (["mtl", "--family", "synthetic2d"], "images family"),
+    (["mtl-pretrain", "--family", "synthetic2d"], "images family"),
     (["cts", "--family", "nope"], "--family"),
     (["cts", "--set", "optimizer=rmsprop"], "optimizer"),
 ])
