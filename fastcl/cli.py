@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
                              description=bench_learners.__doc__.split("\n\n")[0])
     bench_learners.add_arguments(q)
     q.set_defaults(func=bench_learners.main)
+    from fastcl.benchmarks import cts as bench_cts
+
+    q = bench_sub.add_parser("cts", help="CTS: T task learners under vmap + fused shift vs T nn.Module copies",
+                             description=bench_cts.__doc__.split("\n\n")[0])
+    bench_cts.add_arguments(q)
+    q.set_defaults(func=bench_cts.main)
 
     from fastcl.data.streams import STREAMS
     from fastcl.experiments import LEARNERS
@@ -114,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 #: ``NAMES`` (the learner names it runs), ``add_run_arguments(group)`` (its own options; the shared
 #: ones are --seeds, --seed-offset, --out, --threads, --resume, --no-progress, --no-plots, --data,
 #: --stream, --set, --tasks, --family, --shots, --meta-batch, --inner-steps, --iterations) and ``run_from_args(args, learners) -> int``.
-RUN_FAMILIES: tuple[str, ...] = ()
+RUN_FAMILIES: tuple[str, ...] = ("fastcl.cts_experiments",)
 
 
 def _run_families():

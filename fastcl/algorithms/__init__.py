@@ -10,3 +10,7 @@ __all__ = ["Learner", "LearnerConfig", "ModelLearner", "ERConfig", "ERRing", "Fi
            "HAL", "HALConfig", "ANCHOR_KINDS",
            "AGEM", "AGEMConfig", "EWC", "EWCConfig",
            "CloneAndFinetune", "Multitask", "OracleConfig"]
+from .cts import CTS, CTSAccurate, CTSConfig, TaskLearners
+from .reptile import Reptile
+
+__all__ += ["CTS", "CTSAccurate", "CTSConfig", "TaskLearners", "Reptile"]

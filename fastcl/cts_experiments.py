@@ -1,0 +1,486 @@
+"""Reptile / CTS options (large-scale meta-learning, the CTS paper's experiments)
+
+The learners of the CTS paper behind ``fastcl run``:
+
+    fastcl run reptile,cts,cts-noshift,cts-accurate --family synthetic2d --seeds 5
+    fastcl run reptile,cts,mtl-pretrain,scratch-init --family images --inner-steps 100 --iterations 10
+    fastcl run cts --family synthetic2d --nproc 2          # tasks sharded over 2 processes
+    torchrun --nproc-per-node 2 -m fastcl.cli run cts      # the same, started by torchrun
+    fastcl run cts-error                                   # approximation error vs alpha, beta, k
+
+Synthetic 2D (Sec. 4.1): T = 8 tasks (``--tasks``), K = 100 (``--inner-steps``), M = 3
+(``--iterations``), alpha 0.05, beta 0.1, SGD momentum 0.9 (``--set key=value`` overrides any
+:class:`~fastcl.algorithms.cts.CTSConfig` field). The meta-test is the task-average loss after
+``--cts-test-steps`` inner steps from phi, with Adam and with SGD-momentum (both lr alpha),
+recorded along meta-training against cumulative inner steps per task. Writes results.json,
+results.csv, trajectories.png (phi over the Adam meta-test landscape, Fig. 5) and metatest.png.
+
+Images: meta-train on heterogeneous 10-way tasks with their own heads (``--cts-train``), meta-test
+by fine-tuning on held-out ones (``--cts-test``); ``mtl-pretrain`` is multi-task pre-training (shared trunk,
+one head per task, the same number of steps) and ``scratch-init`` a random initialization.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .algorithms.cts import CTS, CTSAccurate, CTSConfig, TaskLearners, approximation_error, inner_update_
+from .algorithms.reptile import Reptile
+from .data.cts_tasks import SYNTHETIC_FORMS, SmallConvNet, adapt_points, image_tasks, synthetic2d
+
+NAMES = ("reptile", "cts", "cts-accurate", "cts-noshift", "mtl-pretrain", "scratch-init", "cts-error")
+FAMILIES = ("synthetic2d", "images")
+
+#: name -> (class, fixed config fields)
+META_LEARNERS = {"reptile": (Reptile, {}), "cts": (CTS, {}), "cts-accurate": (CTSAccurate, {}),
+                 "cts-noshift": (CTS, {"shift": False})}
+
+#: the images family's defaults (beta from the paper's Table 3 at K = 100, Reptile at K = 1000)
+_IMAGE_BETA = {"reptile": 1.0, "cts": 0.1, "cts-noshift": 0.1, "cts-accurate": 0.1}
+IMAGE_TRAIN = ("mnist", "mnist-rot90", "fashion", "fashion-inverted")
+IMAGE_TEST = ("mnist-inverted", "fashion-rot90")
+
+
+def add_run_arguments(g) -> None:
+    g.add_argument("--nproc", type=int, default=1,
+                   help="CTS/Reptile: shard the task learners over N processes (torch.distributed, gloo on CPU)")
+    g.add_argument("--cts-form", choices=SYNTHETIC_FORMS, default="scaled",
+                   help="synthetic2d: the authors' scaled-argument loss (default) or the printed one")
+    g.add_argument("--cts-start", default="-5,5", help="synthetic2d: the initial phi 'x,y' (default -5,5)")
+    g.add_argument("--cts-test-steps", type=int, default=None,
+                   help="meta-test inner steps (synthetic2d 100, images 100)")
+    g.add_argument("--cts-eval-every", type=int, default=10,
+                   help="synthetic2d: meta-test every N cumulative inner steps")
+    g.add_argument("--cts-train", default=",".join(IMAGE_TRAIN), help="images: meta-training tasks")
+    g.add_argument("--cts-test", default=",".join(IMAGE_TEST), help="images: held-out meta-test tasks")
+    g.add_argument("--cts-per-task", type=int, default=2000, help="images: training images per meta-train task")
+    g.add_argument("--cts-test-train", type=int, default=1000, help="images: training images per meta-test task")
+
+
+def _overrides(items: Sequence[str]) -> dict[str, Any]:
+    from .experiments import parse_overrides
+
+    return parse_overrides(items, CTSConfig)
+
+
+def _config(name: str, family: str, args, overrides: dict[str, Any]) -> CTSConfig:
+    base: dict[str, Any] = {}
+    if family == "synthetic2d":
+        base = dict(inner_lr=0.05 if args.cts_form == "scaled" else 0.002, meta_lr=0.1,
+                    inner_steps=args.inner_steps or 100, repetitions=args.iterations or 3)
+    else:
+        base = dict(inner_lr=0.02, meta_lr=_IMAGE_BETA.get(name, 0.1),
+                    inner_steps=args.inner_steps or 100, repetitions=args.iterations or 10)
+    base.update(META_LEARNERS.get(name, (None, {}))[1])
+    base.update(overrides)
+    return CTSConfig(**base)
+
+
+# ------------------------------------------------------------------------------ synthetic 2D
+def _synthetic_one(name: str, seed: int, cfg: CTSConfig, args, distributed: bool = False) -> dict[str, Any]:
+    """One meta-training run on the synthetic family; returns its record (rank 0 meaningful)."""
+    T = args.tasks or 8
+    fam = synthetic2d(T, seed=seed, form=args.cts_form)
+    start = torch.tensor([float(v) for v in args.cts_start.split(",")], dtype=torch.float64)
+    if start.shape != (2,):
+        raise ValueError(f"--cts-start must be 'x,y', got {args.cts_start!r}")
+    cls = META_LEARNERS[name][0]
+    learner = cls({"x": start}, fam.loss, T, cfg, distributed=distributed)
+    steps = args.cts_test_steps or 100
+    lr = cfg.inner_lr
+    rec: dict[str, Any] = {"seed": seed, "phi": [start.tolist()], "cum_steps": [], "test_adam": [], "test_momentum": []}
+
+    def evaluate():
+        x = learner.phi["x"][None]
+        rec["cum_steps"].append(learner.inner_steps_done)
+        rec["test_adam"].append(adapt_points(fam, x, steps, "adam", lr).item())
+        rec["test_momentum"].append(adapt_points(fam, x, steps, "momentum", lr, cfg.momentum).item())
+
+    last = [-(10 ** 9)]
+
+    def callback(lr_, losses):
+        rec["phi"].append(learner.phi["x"].tolist())
+        if learner.inner_steps_done - last[0] >= args.cts_eval_every:
+            last[0] = learner.inner_steps_done
+            evaluate()
+
+    evaluate()
+    t0 = time.perf_counter()
+    learner.run(fam.batch_fn, callback, progress=not args.no_progress and learner.rank == 0,
+                desc=f"{name} seed {seed}")
+    rec["train_seconds"] = time.perf_counter() - t0
+    if rec["cum_steps"][-1] != learner.inner_steps_done:
+        evaluate()
+    rec.update(final_adam=rec["test_adam"][-1], final_momentum=rec["test_momentum"][-1],
+               meta_steps=learner.meta_steps, inner_steps=learner.inner_steps_done,
+               final_phi=learner.phi["x"].tolist())
+    return rec
+
+
+def _dist_worker(rank: int, world: int, kind: str, name: str, seed: int, cfg: dict, args_dict: dict, out: str) -> None:
+    import argparse
+
+    args = argparse.Namespace(**args_dict)
+    if kind == "synthetic2d":
+        rec = _synthetic_one(name, seed, CTSConfig(**cfg), args, distributed=True)
+    else:
+        rec = _images_one(name, seed, CTSConfig(**cfg), args, distributed=True)
+    if rank == 0:
+        torch.save(rec, out)
+
+
+def _run_one(family: str, name: str, seed: int, cfg: CTSConfig, args) -> dict[str, Any]:
+    nproc = getattr(args, "nproc", 1) or 1
+    if nproc == 1 or name in ("mtl-pretrain", "scratch-init"):
+        return (_synthetic_one if family == "synthetic2d" else _images_one)(name, seed, cfg, args)
+    from .distributed import spawn
+
+    out = Path(args.out) / f".dist-{name}-{seed}.pt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spawn(_dist_worker, nproc, family, name, seed, asdict(cfg), vars(args).copy() | {"func": None}, str(out),
+          threads=max(1, torch.get_num_threads() // nproc))
+    rec = torch.load(out, weights_only=False)
+    out.unlink()
+    rec["nproc"] = nproc
+    return rec
+
+
+def _mean_std(values) -> tuple[float, float]:
+    a = np.asarray(values, dtype=float)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def _plot_synthetic(results: dict, args, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    T = args.tasks or 8
+    seed = results["seeds"][0]
+    fam = synthetic2d(T, seed=seed, form=args.cts_form)
+    lr = next(iter(results["learners"].values()))["config"]["inner_lr"]
+    n = 80
+    xs = torch.linspace(-10, 20, n, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(xs, xs, indexing="xy"), -1).reshape(-1, 2)
+    z = adapt_points(fam, grid, args.cts_test_steps or 100, "adam", lr).reshape(n, n)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    cs = ax.contourf(xs.numpy(), xs.numpy(), np.log10(z.numpy() + 1e-3), levels=30, cmap="viridis")
+    fig.colorbar(cs, ax=ax, label="log10 task-average loss after meta-test (Adam)")
+    ax.scatter(fam.targets[:, 0], fam.targets[:, 1], c="red", s=12, label="task targets")
+    for name, r in results["learners"].items():
+        path = np.asarray(r["runs"][0]["phi"])
+        ax.plot(path[:, 0], path[:, 1], lw=1.5, label=name)
+        ax.plot(path[-1, 0], path[-1, 1], "o", ms=4, color=ax.lines[-1].get_color())
+    ax.set_title(f"meta-trajectories of phi (seed {seed}); background: Fig. 5(c) map")
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(out / "trajectories.png", dpi=110)
+    plt.close(fig)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for name, r in results["learners"].items():
+        for ax, key in zip(axes, ("test_adam", "test_momentum")):
+            runs = r["runs"]
+            L = min(len(x[key]) for x in runs)
+            y = np.mean([x[key][:L] for x in runs], 0)
+            ax.plot(runs[0]["cum_steps"][:L], y, label=name)
+    for ax, t in zip(axes, ("Adam", "SGD momentum")):
+        ax.set_xscale("symlog")
+        ax.set_yscale("log")
+        ax.set_xlabel("cumulative inner steps per task")
+        ax.set_ylabel(f"meta-test loss ({t})")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "metatest.png", dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------ images
+def _image_model(seed: int) -> SmallConvNet:
+    torch.manual_seed(seed)
+    return SmallConvNet()
+
+
+def _fine_tune(trunk: dict[str, torch.Tensor], tasks, cfg: CTSConfig, steps: int, seed: int) -> list[float]:
+    """Meta-test: fine-tune trunk + a fresh head on each held-out task (stacked, no meta step);
+    returns the test accuracy of each."""
+    fresh = dict(_image_model(10_000 + seed).named_parameters())
+    init = {n: (trunk[n] if n in trunk else fresh[n]).detach() for n in fresh}
+    ft = CTS(init, tasks.loss, len(tasks), CTSConfig(inner_lr=cfg.inner_lr, meta_lr=0.0, inner_steps=steps,
+                                                       repetitions=1, optimizer="momentum", momentum=0.9),
+             heads=["head.weight", "head.bias"], distributed=False)
+    ft.run(tasks.batch_fn)
+    accs = []
+    with torch.no_grad():
+        for t in range(len(tasks)):
+            p = {n: ft.theta[n][t] for n in ft.names}
+            logits = torch.func.functional_call(tasks.model, p, (tasks.x_test[t],))
+            accs.append(float((logits.argmax(1) == tasks.y_test[t]).float().mean()))
+    return accs
+
+
+def _mtl(train, model: SmallConvNet, cfg: CTSConfig, steps: int, progress: bool) -> dict[str, torch.Tensor]:
+    """Multi-task pre-training: one trunk, one head per task, the mean loss over the tasks."""
+    heads = ("head.weight", "head.bias")
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trunk = {n: p for n, p in params.items() if n not in heads}
+    hs = {n: params[n].unsqueeze(0).repeat(len(train), *[1] * params[n].dim()).contiguous() for n in heads}
+
+    def loss(trunk, hs, batch):
+        return torch.func.vmap(lambda h, b: train.loss({**trunk, **h}, b), in_dims=(0, 0))(hs, batch).mean()
+
+    grad = torch.func.grad(loss, argnums=(0, 1))
+    state: dict[str, Any] = {}
+    names = list(trunk) + list(hs)
+    tasks = torch.arange(len(train))
+    it = range(steps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc="mtl", leave=False)
+    for s in it:
+        gt, gh = grad(trunk, hs, train.batch_fn(0, s + 1, tasks))
+        # scale by T: each task's own loss gradient, as the task learners take it
+        inner_update_([trunk[n] if n in trunk else hs[n] for n in names],
+                      [gt[n] if n in gt else gh[n] * len(train) for n in names], state, cfg)
+    return trunk
+
+
+def _images_one(name: str, seed: int, cfg: CTSConfig, args, distributed: bool = False) -> dict[str, Any]:
+    train_names = [s for s in args.cts_train.split(",") if s]
+    test_names = [s for s in args.cts_test.split(",") if s]
+    train = image_tasks(train_names, per_task=args.cts_per_task, seed=seed, data=args.data)
+    test = image_tasks(test_names, per_task=args.cts_test_train, seed=seed + 1, data=args.data)
+    model = _image_model(seed)
+    train.model = test.model = model
+    heads = ["head.weight", "head.bias"]
+    rec: dict[str, Any] = {"seed": seed}
+    t0 = time.perf_counter()
+    progress = not args.no_progress
+    if name == "scratch-init":
+        trunk = {n: p.detach().clone() for n, p in model.named_parameters() if n not in heads}
+    elif name == "mtl-pretrain":
+        trunk = _mtl(train, model, cfg, cfg.inner_steps * cfg.repetitions, progress)
+    else:
+        learner = META_LEARNERS[name][0](model, train.loss, len(train), cfg, heads=heads, distributed=distributed)
+        losses = []
+        learner.run(train.batch_fn, lambda l, x: losses.append(float(x.mean())),
+                    progress=progress and learner.rank == 0, desc=f"{name} seed {seed}")
+        trunk = learner.meta_parameters()
+        rec.update(meta_steps=learner.meta_steps, inner_steps=learner.inner_steps_done,
+                   train_loss=[float(np.mean(losses[i:i + 10])) for i in range(0, len(losses), 10)])
+    rec["train_seconds"] = time.perf_counter() - t0
+    accs = _fine_tune(trunk, test, cfg, args.cts_test_steps or 100, seed)
+    rec["test_acc"] = dict(zip(test_names, accs))
+    rec["mean_acc"] = float(np.mean(accs))
+    return rec
+
+
+# ------------------------------------------------------------------------------ Fig. 3
+def approximation_error_sweep(data: Optional[str] = None, draws: int = 3, progress: bool = True) -> dict[str, Any]:
+    """``log10 ||eps||`` of Eq. 5 versus alpha, beta and k (Fig. 3), for an MLP 784-100-10 with
+    ReLU and with Softplus on MNIST batches of 128, plain SGD, ``||Delta_i|| = beta`` in random
+    directions (supp. C.4). Defaults when not swept: alpha 0.01, beta 0.01, k 25."""
+    import torch.nn.functional as F
+
+    from .data import sources
+
+    train, _ = sources.load_mnist(data)
+    x_all = train.x.float().div(255).flatten(1)
+    y_all = train.y
+    sweeps = {"alpha": [0.001, 0.003, 0.01, 0.03, 0.1], "beta": [0.001, 0.003, 0.01, 0.03, 0.1],
+              "k": [5, 10, 25, 50, 100]}
+    base = {"alpha": 0.01, "beta": 0.01, "k": 25}
+    out: dict[str, Any] = {"base": base, "sweeps": sweeps, "errors": {}}
+    jobs = [(act, var, v) for act in ("relu", "softplus") for var, vals in sweeps.items() for v in vals]
+    it = jobs
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(jobs, desc="approximation error", leave=False)
+    for act, var, v in it:
+        a = F.relu if act == "relu" else F.softplus
+        loss = lambda p, b: F.cross_entropy(a(b[0] @ p["w1"].T + p["b1"]) @ p["w2"].T + p["b2"], b[1])
+        hp = dict(base, **{var: v})
+        errs = []
+        for d in range(draws):
+            g = torch.Generator().manual_seed(d)
+            phi = {"w1": torch.randn(100, 784, generator=g) / 28, "b1": torch.zeros(100),
+                   "w2": torch.randn(10, 100, generator=g) / 10, "b2": torch.zeros(10)}
+            batches = []
+            for _ in range(hp["k"]):
+                idx = torch.randint(len(y_all), (128,), generator=g)
+                batches.append((x_all[idx], y_all[idx]))
+            deltas = []
+            for _ in range(hp["k"] - 1):
+                dx = {n: torch.randn(p.shape, generator=g) for n, p in phi.items()}
+                norm = torch.sqrt(sum((t ** 2).sum() for t in dx.values()))
+                deltas.append({n: hp["beta"] * t / norm for n, t in dx.items()})
+            errs.append(np.log10(max(approximation_error(loss, phi, batches, hp["alpha"], deltas), 1e-30)))
+        out["errors"].setdefault(act, {}).setdefault(var, []).append([float(v), float(np.mean(errs)),
+                                                                      float(np.std(errs))])
+    return out
+
+
+def _plot_error(res: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for ax, var in zip(axes, ("alpha", "beta", "k")):
+        for act, rows in res["errors"].items():
+            r = np.asarray(rows[var])
+            ax.errorbar(r[:, 0], r[:, 1], yerr=r[:, 2], marker="o", capsize=3, label=act)
+        ax.set_xscale("log")
+        ax.set_xlabel(var)
+        ax.set_ylabel("log10 ||eps||")
+        ax.legend()
+    fig.suptitle("CTS approximation error (Eq. 5), MLP 784-100-10 on MNIST, SGD")
+    fig.tight_layout()
+    fig.savefig(out / "approx_error.png", dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------ entry
+def run_from_args(args, learners: Sequence[str]) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if "cts-error" in learners:
+        if len(learners) > 1:
+            raise ValueError("cts-error runs alone")
+        res = approximation_error_sweep(args.data, draws=max(1, args.seeds if args.seeds > 1 else 3),
+                                        progress=not args.no_progress)
+        (out / "approx_error.json").write_text(json.dumps(res, indent=1))
+        for act, sw in res["errors"].items():
+            for var, rows in sw.items():
+                print(f"{act:8s} {var:5s} " + "  ".join(f"{v:g}:{m:.2f}" for v, m, _ in rows))
+        if not args.no_plots:
+            _plot_error(res, out)
+        return 0
+    family = args.family or "synthetic2d"
+    if family not in FAMILIES:
+        raise ValueError(f"--family must be one of {', '.join(FAMILIES)} for {', '.join(learners)}, got {family!r}")
+    if family == "synthetic2d" and any(n in ("mtl-pretrain", "scratch-init") for n in learners):
+        raise ValueError("mtl-pretrain and scratch-init are baselines of the images family")
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
+    from .distributed import init_from_env
+
+    rank, world = init_from_env()  # under torchrun: every rank runs its shard, rank 0 writes
+    if world > 1 and args.nproc > 1:
+        raise ValueError("--nproc cannot be used under torchrun, which starts the processes itself")
+    overrides = _overrides(args.overrides)
+    seeds = list(range(args.seed_offset, args.seed_offset + args.seeds))
+    results: dict[str, Any] = {"family": family, "seeds": seeds, "learners": {}}
+    for name in learners:
+        cfg = _config(name, family, args, overrides)
+        runs = []
+        for seed in seeds:
+            ckpt = out / f"{name}-seed{seed}.json"
+            if args.resume and ckpt.exists():
+                runs.append(json.loads(ckpt.read_text()))
+                continue
+            rec = _run_one(family, name, seed, cfg, args)
+            if rank == 0:
+                ckpt.write_text(json.dumps(rec))
+            runs.append(rec)
+        r: dict[str, Any] = {"config": asdict(cfg), "runs": runs}
+        keys = ("final_adam", "final_momentum") if family == "synthetic2d" else ("mean_acc",)
+        for key in keys + ("train_seconds",):
+            r[key] = _mean_std([x[key] for x in runs])
+        results["learners"][name] = r
+    if rank != 0:
+        return 0
+    (out / "results.json").write_text(json.dumps(results))
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        if family == "synthetic2d":
+            w.writerow(["learner", "seed", "meta_test_adam", "meta_test_momentum", "meta_steps", "inner_steps",
+                        "train_seconds"])
+            for name, r in results["learners"].items():
+                for x in r["runs"]:
+                    w.writerow([name, x["seed"], x["final_adam"], x["final_momentum"], x["meta_steps"],
+                                x["inner_steps"], x["train_seconds"]])
+        else:
+            test_names = list(results["learners"][learners[0]]["runs"][0]["test_acc"])
+            w.writerow(["learner", "seed", *test_names, "mean_acc", "train_seconds"])
+            for name, r in results["learners"].items():
+                for x in r["runs"]:
+                    w.writerow([name, x["seed"], *[x["test_acc"][t] for t in test_names], x["mean_acc"],
+                                x["train_seconds"]])
+    print(summary_table(results))
+    if family == "synthetic2d":
+        print("\nmeta-test loss (Adam) at equal cumulative inner steps per task\n")
+        print(equal_steps_table(results))
+    if not args.no_plots:
+        if family == "synthetic2d":
+            _plot_synthetic(results, args, out)
+        else:
+            _plot_images(results, out)
+    return 0
+
+
+def summary_table(results: dict[str, Any]) -> str:
+    """Markdown table, mean (std) over seeds."""
+    fmt = lambda ms, s=1.0, d=4: f"{ms[0] * s:.{d}g} ({ms[1] * s:.{d}g})"
+    if results["family"] == "synthetic2d":
+        lines = ["| learner | meta-test loss (Adam) | meta-test loss (SGD-momentum) | meta steps | inner steps/task | seconds |",
+                 "|---|---|---|---|---|---|"]
+        for n, r in results["learners"].items():
+            x = r["runs"][0]
+            lines.append(f"| {n} | {fmt(r['final_adam'])} | {fmt(r['final_momentum'])} | {x['meta_steps']} | "
+                         f"{x['inner_steps']} | {r['train_seconds'][0]:.2f} |")
+    else:
+        lines = ["| learner | meta-test accuracy (%) | meta-train seconds |", "|---|---|---|"]
+        for n, r in results["learners"].items():
+            lines.append(f"| {n} | {fmt(r['mean_acc'], 100, 3)} | {r['train_seconds'][0]:.1f} |")
+    return "\n".join(lines)
+
+
+def equal_steps_table(results: dict[str, Any], steps: Sequence[int] = (10, 30, 100, 300)) -> str:
+    """Synthetic family: the Adam meta-test loss of each learner at equal cumulative inner steps
+    per task (the last evaluation at or before each budget), mean (std) over seeds."""
+    head = "| learner | " + " | ".join(f"{s} steps" for s in steps) + " |"
+    lines = [head, "|---" * (len(steps) + 1) + "|"]
+    for n, r in results["learners"].items():
+        cells = []
+        for budget in steps:
+            vals = []
+            for x in r["runs"]:
+                i = max(j for j, c in enumerate(x["cum_steps"]) if c <= budget)
+                vals.append(x["test_adam"][i])
+            m, sd = _mean_std(vals)
+            cells.append(f"{m:.3g} ({sd:.3g})")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _plot_images(results: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    names = list(results["learners"])
+    means = [results["learners"][n]["mean_acc"][0] * 100 for n in names]
+    stds = [results["learners"][n]["mean_acc"][1] * 100 for n in names]
+    ax.bar(names, means, yerr=stds, capsize=4)
+    ax.set_ylabel("held-out fine-tuning accuracy (%)")
+    ax.set_ylim(min(means) - 10, min(100, max(means) + 5))
+    fig.tight_layout()
+    fig.savefig(out / "accuracy.png", dpi=110)
+    plt.close(fig)

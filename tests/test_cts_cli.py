@@ -1,0 +1,60 @@
+import json
+
+import pytest
+
+from fastcl.cli import main
+
+from test_data import _write_mnist_dir
+
+
+def test_run_synthetic2d_writes_results_and_plots(tmp_path, capsys):
+    out = tmp_path / "syn"
+    rc = main(["run", "reptile,cts,cts-noshift,cts-accurate", "--family", "synthetic2d", "--inner-steps", "4",
+               "--iterations", "2", "--seeds", "2", "--cts-test-steps", "5", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    for name in ("reptile", "cts", "cts-noshift", "cts-accurate"):
+        assert f"| {name} |" in printed
+    res = json.loads((out / "results.json").read_text())
+    r = res["learners"]
+    assert r["reptile"]["runs"][0]["meta_steps"] == 2 and r["cts"]["runs"][0]["meta_steps"] == 8
+    assert r["cts-accurate"]["runs"][0]["inner_steps"] == 2 * (1 + 2 + 3 + 4)
+    assert r["cts-noshift"]["config"]["shift"] is False
+    assert len(r["cts"]["runs"][0]["phi"]) == 1 + 8
+    assert (out / "results.csv").read_text().splitlines()[0].startswith("learner,seed,meta_test_adam")
+    for png in ("trajectories.png", "metatest.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # --resume reuses the finished runs
+    rc = main(["run", "cts", "--family", "synthetic2d", "--inner-steps", "4", "--iterations", "2", "--seeds", "2",
+               "--cts-test-steps", "5", "--out", str(out), "--no-progress", "--no-plots", "--resume"])
+    assert rc == 0
+    again = json.loads((out / "results.json").read_text())["learners"]["cts"]
+    assert again["runs"] == r["cts"]["runs"]
+
+
+def test_run_images_family(tmp_path, capsys):
+    d = tmp_path / "mnist"
+    d.mkdir()
+    _write_mnist_dir(d, n_train=60, n_test=20)
+    out = tmp_path / "img"
+    rc = main(["run", "reptile,cts,mtl-pretrain,scratch-init", "--family", "images", "--data", str(d), "--inner-steps", "2",
+               "--iterations", "2", "--cts-train", "mnist,mnist-rot90", "--cts-test", "mnist-inverted",
+               "--cts-per-task", "40", "--cts-test-train", "40", "--cts-test-steps", "2", "--out", str(out),
+               "--no-progress"])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())["learners"]
+    assert set(res) == {"reptile", "cts", "mtl-pretrain", "scratch-init"}
+    for r in res.values():
+        assert 0 <= r["runs"][0]["test_acc"]["mnist-inverted"] <= 1
+    assert res["cts"]["config"]["meta_lr"] == 0.1 and res["reptile"]["config"]["meta_lr"] == 1.0
+    assert (out / "accuracy.png").exists()
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["mtl-pretrain", "--family", "synthetic2d"], "images family"),
+    (["cts", "--family", "nope"], "--family"),
+    (["cts", "--set", "optimizer=rmsprop"], "optimizer"),
+])
+def test_run_errors(tmp_path, capsys, argv, match):
+    assert main(["run", *argv, "--out", str(tmp_path), "--no-progress"]) == 2
+    assert match in capsys.readouterr().err
