@@ -5,6 +5,7 @@
                                  the fused-op benchmark tables (fastcl.benchmarks.ops): fused vs
                                  eager chain, per-tensor loop, torch._foreach, torch.compile;
                                  progress on stderr, tables on stdout
+    fastcl bench maml [--quick]  MAML / FOMAML meta-iteration time, vmapped vs a per-task loop
 """
 
 from __future__ import annotations
@@ -63,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
                              description=bench_learners.__doc__.split("\n\n")[0])
     bench_learners.add_arguments(q)
     q.set_defaults(func=bench_learners.main)
+    from fastcl.benchmarks import maml as bench_maml
+
+    q = bench_sub.add_parser("maml", help="MAML / FOMAML meta-iteration time: vmapped vs a per-task loop",
+                             description=bench_maml.__doc__.split("\n\n")[0])
+    bench_maml.add_arguments(q)
+    q.set_defaults(func=bench_maml.main)
 
     from fastcl.data.streams import STREAMS
     from fastcl.experiments import LEARNERS
