@@ -255,3 +255,15 @@ def test_sinusoid_families_sample_their_ranges():
                                    rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="shots"):
         fam.sample(2, 0, 3)
+
+
+# ---------------------------------------------------------------------------- benchmark
+def test_bench_maml_impls_agree_and_command_runs(capsys, monkeypatch):
+    from fastcl.benchmarks import maml as bench
+
+    bench.check(True, 4, 2)
+    bench.check(False, 3, 2)
+    monkeypatch.setattr(bench, "CASES", [(True, 2, 1), (False, 2, 1)])
+    assert cli_main(["bench", "maml", "--rounds", "1", "--min-seconds", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("| second | 2 | 1 |") == 1 and out.count("| first | 2 | 1 |") == 1 and "vmapped+fused" in out
