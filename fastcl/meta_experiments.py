@@ -1,4 +1,4 @@
-"""MAML / FOMAML / MAML+L2F on sinusoid regression (``fastcl run maml|fomaml|maml-l2f``).
+"""MAML, FOMAML and MAML+L2F on sinusoid regression (fastcl run maml|fomaml|maml-l2f)
 
 For every learner and seed: build the 1-40-40-1 ReLU MLP (seeded), meta-train for
 ``--iterations`` meta-batches of ``--meta-batch`` tasks drawn from the family's training ranges
