@@ -33,7 +33,7 @@ def meta_grad(learner, tasks):
     return torch.autograd.grad(learner.outer_loss(tasks), learner.params)
 
 
-def loop_meta_grad(model, tasks, lrs, first_order):
+def loop_meta_grad(model, tasks, lrs, first_order, loss_fn=F.mse_loss):
     """Per-task Python loop of plain autograd: the way learn2learn / higher compute it."""
     names = [n for n, _ in model.named_parameters()]
     theta = list(model.parameters())
@@ -42,10 +42,10 @@ def loop_meta_grad(model, tasks, lrs, first_order):
         fast = theta
         for lr in lrs:
             out = functional_call(model, dict(zip(names, fast)), (tasks.support_x[i],))
-            g = torch.autograd.grad(F.mse_loss(out, tasks.support_y[i]), fast, create_graph=not first_order)
+            g = torch.autograd.grad(loss_fn(out, tasks.support_y[i]), fast, create_graph=not first_order)
             fast = [p - lr * gi for p, gi in zip(fast, g)]
         out = functional_call(model, dict(zip(names, fast)), (tasks.query_x[i],))
-        total = total + F.mse_loss(out, tasks.query_y[i]) / tasks.num_tasks
+        total = total + loss_fn(out, tasks.query_y[i]) / tasks.num_tasks
     return torch.autograd.grad(total, theta)
 
 
@@ -69,6 +69,18 @@ def test_batched_meta_gradient_equals_per_task_loop(b, k, steps, first_order, fu
     want = loop_meta_grad(model, tasks, lrs, first_order)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-10)
+
+
+def test_classification_meta_gradient_equals_per_task_loop():
+    g = torch.Generator().manual_seed(0)
+    xs, xq = torch.randn(3, 6, 4, generator=g, dtype=torch.float64), torch.randn(3, 5, 4, generator=g, dtype=torch.float64)
+    tasks = TaskBatch(xs, torch.randint(0, 3, (3, 6), generator=g), xq, torch.randint(0, 3, (3, 5), generator=g))
+    model = tiny(5, (4, 8, 3))
+    learner = MAML(model, MAMLConfig(inner_steps=2, inner_lr=0.5, loss="cross_entropy"))
+    for got, want in zip(meta_grad(learner, tasks), loop_meta_grad(model, tasks, (0.5, 0.5), False, F.cross_entropy)):
+        torch.testing.assert_close(got, want)
+    fast = learner.adapt(tasks.support_x, tasks.support_y)
+    assert learner.predict(fast, tasks.query_x).shape == (3, 5, 3)
 
 
 def test_first_order_is_second_order_without_hessian_terms():
