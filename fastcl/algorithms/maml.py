@@ -17,7 +17,7 @@ from a single ``torch.autograd.grad`` of the summed task losses with respect to 
 parameters: the tasks are independent, so row i of that gradient is task i's gradient
 (``create_graph=True`` for second order). The meta-gradient is one ``backward`` of the mean
 query loss. Nesting ``torch.func.grad`` inside ``vmap`` computes the same numbers; it was
-measured 5-15% slower here (more functorch levels per op), and autograd on the stacked tensors
+measured 2-45% slower here (more functorch levels per op), and autograd on the stacked tensors
 lets the inner update call a fused custom op (functorch transforms would make it fall back to its
 reference). ``fastcl bench maml`` has the figures.
 
@@ -26,7 +26,7 @@ The inner update. ``fused_inner=True`` runs it with the fused differentiable
 autograd, twice differentiable); the default is the plain expression ``p - alpha*g`` per tensor.
 On MAML's networks (the 1-40-40-1 sinusoid MLP: six small tensors) the update is two tiny
 element-wise ops per tensor, so the custom op's dispatch and its Python autograd node cost more
-than they save: the benchmark measures the fused update 5-25% slower, hence the default.
+than they save: the benchmark measures the fused update 5-30% slower, hence the default.
 
 BatchNorm. BatchNorm-free models are the default and what the sinusoid MLP is. Buffers are not
 batched: under ``vmap`` a BatchNorm layer in training mode would update its shared running
