@@ -5,6 +5,7 @@
                                  the fused-op benchmark tables (fastcl.benchmarks.ops): fused vs
                                  eager chain, per-tensor loop, torch._foreach, torch.compile;
                                  progress on stderr, tables on stdout
+    fastcl bench maml [--quick]  MAML / FOMAML meta-iteration time, vmapped vs a per-task loop
 """
 
 from __future__ import annotations
@@ -69,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
                              description=bench_cts.__doc__.split("\n\n")[0])
     bench_cts.add_arguments(q)
     q.set_defaults(func=bench_cts.main)
+    from fastcl.benchmarks import maml as bench_maml
+
+    q = bench_sub.add_parser("maml", help="MAML / FOMAML meta-iteration time: vmapped vs a per-task loop",
+                             description=bench_maml.__doc__.split("\n\n")[0])
+    bench_maml.add_arguments(q)
+    q.set_defaults(func=bench_maml.main)
 
     from fastcl.data.streams import STREAMS
     from fastcl.experiments import LEARNERS
@@ -120,7 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
 #: ``NAMES`` (the learner names it runs), ``add_run_arguments(group)`` (its own options; the shared
 #: ones are --seeds, --seed-offset, --out, --threads, --resume, --no-progress, --no-plots, --data,
 #: --stream, --set, --tasks, --family, --shots, --meta-batch, --inner-steps, --iterations) and ``run_from_args(args, learners) -> int``.
-RUN_FAMILIES: tuple[str, ...] = ("fastcl.cts_experiments",)
+RUN_FAMILIES: tuple[str, ...] = (
+    "fastcl.meta_experiments",  # maml, fomaml, maml-l2f on sinusoids
+    "fastcl.cts_experiments",  # reptile, cts, cts-accurate, ... on synthetic2d / images
+)
 
 
 def _run_families():

@@ -1,5 +1,6 @@
 """Offline data sources and continual-learning task streams (see :mod:`fastcl.data.streams`)."""
 
+from .meta_tasks import SINUSOID_FAMILIES, SinusoidFamily, TaskBatch
 from .sources import DataSourceError, ImageSet, load_cifar100, load_mnist, read_idx, write_idx
 from .streams import (STREAMS, Stream, Task, make_stream, many_permutations, permuted_mnist, rotate,
                       rotated_mnist, split_cifar100)
@@ -8,4 +9,5 @@ __all__ = [
     "DataSourceError", "ImageSet", "load_cifar100", "load_mnist", "read_idx", "write_idx",
     "STREAMS", "Stream", "Task", "make_stream", "many_permutations", "permuted_mnist", "rotate",
     "rotated_mnist", "split_cifar100",
+    "SINUSOID_FAMILIES", "SinusoidFamily", "TaskBatch",
 ]

@@ -1,0 +1,244 @@
+"""MAML, FOMAML and MAML+L2F on sinusoid regression (fastcl run maml|fomaml|maml-l2f)
+
+For every learner and seed: build the 1-40-40-1 ReLU MLP (seeded), meta-train for
+``--iterations`` meta-batches of ``--meta-batch`` tasks drawn from the family's training ranges
+(K = ``--shots`` support points, ``--maml-query`` query points per task, default K), checkpoint
+every ``--maml-checkpoint-every`` iterations (``--resume`` continues exactly: learner, Adam and
+the task generator are restored), then evaluate on ``--maml-eval-curves`` curves (100) of the
+family's evaluation ranges with ``--maml-eval-points`` query points each (100): adapt on K points
+with ``--maml-eval-steps`` inner steps (default: the training steps), report the query MSE. The
+evaluation curves are the same for every learner and seed (drawn from a fixed seed).
+
+Writes results.json, results.csv, ``fits.png`` (random evaluation curves with each learner's
+adapted fit, as Fig. D/E of the L2F supplementary) and ``training.png`` (meta-training loss).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .algorithms import L2F, MAML, L2FConfig, MAMLConfig
+from .data.meta_tasks import make_sinusoid_family
+from .experiments import parse_overrides
+from .models import MLP
+
+__all__ = ["NAMES", "META_LEARNERS", "add_run_arguments", "run_from_args", "run_meta_experiment", "build_meta_learner"]
+
+#: name -> (learner class, config class, fixed settings)
+META_LEARNERS: dict[str, tuple[type, type, dict[str, Any]]] = {
+    "maml": (MAML, MAMLConfig, {}),
+    "fomaml": (MAML, MAMLConfig, {"first_order": True}),
+    "maml-l2f": (L2F, L2FConfig, {}),
+}
+NAMES = tuple(META_LEARNERS)
+EVAL_SEED = 1_000_003  # evaluation curves: the same for every learner and seed
+
+
+def add_run_arguments(group) -> None:
+    group.add_argument("--maml-query", type=int, default=None,
+                       help="query points per task during meta-training (default: --shots)")
+    group.add_argument("--maml-eval-curves", type=int, default=100, help="evaluation curves (100)")
+    group.add_argument("--maml-eval-points", type=int, default=100, help="query points per evaluation curve (100)")
+    group.add_argument("--maml-eval-steps", type=int, default=None,
+                       help="inner steps at evaluation (default: --inner-steps)")
+    group.add_argument("--maml-checkpoint-every", type=int, default=1000,
+                       help="meta-iterations between checkpoints (and training-loss records)")
+
+
+def build_meta_learner(name: str, seed: int, overrides: dict[str, Any]) -> MAML:
+    """The sinusoid MLP (1-40-40-1, seeded) and the learner ``name`` with its config."""
+    if name not in META_LEARNERS:
+        raise ValueError(f"unknown meta-learner {name!r}; choose from {', '.join(META_LEARNERS)}")
+    cls, cfg_cls, fixed = META_LEARNERS[name]
+    torch.manual_seed(seed)
+    model = MLP((1, 40, 40, 1))
+    return cls(model, cfg_cls(**{**fixed, **overrides, "seed": seed}), input_shape=(1,))
+
+
+def run_from_args(args, learners: Sequence[str]) -> int:
+    family = args.family or "sinusoid"
+    run_meta_experiment(
+        learners, family=family, shots=args.shots or 5, meta_batch=args.meta_batch or 4,
+        inner_steps=args.inner_steps if args.inner_steps is not None else 1,
+        iterations=args.iterations if args.iterations is not None else 50_000,
+        queries=args.maml_query, eval_curves=args.maml_eval_curves, eval_points=args.maml_eval_points,
+        eval_steps=args.maml_eval_steps, checkpoint_every=args.maml_checkpoint_every,
+        seeds=list(range(args.seed_offset, args.seed_offset + args.seeds)), overrides=args.overrides,
+        out_dir=args.out, resume=args.resume, progress=not args.no_progress, plots=not args.no_plots)
+    return 0
+
+
+def _positive(**values) -> None:
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+
+
+def run_meta_experiment(learners: Sequence[str], *, family: str = "sinusoid", shots: int = 5, meta_batch: int = 4,
+                        inner_steps: int = 1, iterations: int = 50_000, queries: Optional[int] = None,
+                        eval_curves: int = 100, eval_points: int = 100, eval_steps: Optional[int] = None,
+                        checkpoint_every: int = 1000, seeds: Sequence[int] = (0,), overrides: Sequence[str] = (),
+                        out_dir: str | os.PathLike = "results/maml", resume: bool = False, progress: bool = True,
+                        plots: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Meta-train and evaluate ``learners`` x ``seeds``; see the module docstring.
+
+    Returns the results dictionary also written to ``results.json``.
+    """
+    fam = make_sinusoid_family(family)
+    queries = shots if queries is None else queries
+    eval_steps = inner_steps if eval_steps is None else eval_steps
+    _positive(shots=shots, meta_batch=meta_batch, iterations=iterations, queries=queries, eval_curves=eval_curves,
+              eval_points=eval_points, checkpoint_every=checkpoint_every)
+    if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 0:
+        raise ValueError(f"inner_steps must be an int >= 0, got {inner_steps!r}")
+    if isinstance(eval_steps, bool) or not isinstance(eval_steps, int) or eval_steps < 0:
+        raise ValueError(f"eval_steps must be an int >= 0, got {eval_steps!r}")
+    if not seeds:
+        raise ValueError("seeds must not be empty")
+    for name in learners:
+        if name not in META_LEARNERS:
+            raise ValueError(f"unknown meta-learner {name!r}; choose from {', '.join(META_LEARNERS)}")
+    parsed = {name: parse_overrides(overrides, META_LEARNERS[name][1]) for name in learners}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    eval_tasks, eval_params = fam.sample(eval_curves, shots, eval_points, split="test",
+                                         generator=torch.Generator().manual_seed(EVAL_SEED), return_curves=True)
+    results: dict[str, Any] = {
+        "family": family, "shots": shots, "meta_batch": meta_batch, "inner_steps": inner_steps,
+        "iterations": iterations, "queries": queries, "eval_curves": eval_curves, "eval_points": eval_points,
+        "eval_steps": eval_steps, "seeds": list(seeds), "overrides": list(overrides),
+        "torch_threads": torch.get_num_threads(), "learners": {},
+    }
+    fits: dict[str, Any] = {}
+    for name in learners:
+        runs = []
+        for seed in seeds:
+            learner = build_meta_learner(name, seed, {**parsed[name], "inner_steps": inner_steps})
+            history, wall = _train(learner, fam, name, seed, shots, queries, meta_batch, iterations,
+                                   checkpoint_every, out / f"checkpoint-{name}-seed{seed}.pt", resume, progress)
+            mse = learner.evaluate(eval_tasks, steps=eval_steps)
+            runs.append({"seed": seed, "test_mse": float(mse.mean()), "test_mse_sem": float(mse.std() / math.sqrt(len(mse))),
+                         "history": history, "train_seconds": wall, "ms_per_iteration": 1e3 * wall / iterations})
+            if seed == seeds[0]:
+                fits[name] = _fit_curves(learner, eval_tasks, eval_steps)
+        mses = [r["test_mse"] for r in runs]
+        results["learners"][name] = {
+            "config": {k: v for k, v in dataclasses.asdict(learner.config).items() if k != "seed"},
+            "runs": runs, "mean": {"test_mse": float(np.mean(mses))}, "std": {"test_mse": float(np.std(mses))},
+        }
+    with open(out / "results.json", "w") as f:
+        json.dump(results, f, indent=1)
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["learner", "seed", "test_mse", "train_seconds"])
+        for name, r in results["learners"].items():
+            for run in r["runs"]:
+                w.writerow([name, run["seed"], run["test_mse"], run["train_seconds"]])
+            w.writerow([name, "mean", r["mean"]["test_mse"], ""])
+            w.writerow([name, "std", r["std"]["test_mse"], ""])
+    log(summary_table(results))
+    if plots:
+        _plot(results, fits, eval_tasks, eval_params, fam, out)
+    log(f"results written to {out}/results.json, results.csv" + (", fits.png, training.png" if plots else ""))
+    return results
+
+
+def _train(learner: MAML, fam, name: str, seed: int, shots: int, queries: int, meta_batch: int, iterations: int,
+           every: int, checkpoint: Path, resume: bool, progress: bool) -> tuple[list, float]:
+    gen = torch.Generator().manual_seed(seed)
+    history: list[list[float]] = []  # [iteration, mean meta-training loss since the last record]
+    start, wall = 0, 0.0
+    if resume and checkpoint.is_file():
+        state = torch.load(checkpoint, weights_only=False)
+        learner.load_state_dict(state["learner"])
+        gen.set_state(state["generator"])
+        start, history, wall = int(state["iteration"]), state["history"], float(state["wall"])
+    bar = tqdm(range(start, iterations), initial=start, total=iterations, disable=not progress,
+               desc=f"{name} seed {seed}", leave=False, mininterval=1.0)
+    acc, n, begin = 0.0, 0, time.perf_counter()
+    for it in bar:
+        acc += learner.meta_step(fam.sample(meta_batch, shots, queries, "train", gen))
+        n += 1
+        if (it + 1) % every == 0 or it + 1 == iterations:
+            history.append([it + 1, acc / n])
+            bar.set_postfix(loss=f"{acc / n:.3f}")
+            acc, n = 0.0, 0
+            now = time.perf_counter()
+            wall, begin = wall + now - begin, now
+            tmp = Path(str(checkpoint) + ".tmp")
+            torch.save({"learner": learner.state_dict(), "generator": gen.get_state(), "iteration": it + 1,
+                        "history": history, "wall": wall}, tmp)
+            os.replace(tmp, checkpoint)
+    return history, wall
+
+
+def _fit_curves(learner: MAML, tasks, steps: int, n: int = 4, grid: int = 200) -> dict[str, Any]:
+    """Predictions of the adapted learner on a grid for the first ``n`` evaluation curves."""
+    sub = type(tasks)(*(t[:n] for t in tasks))
+    x = torch.linspace(-5, 5, grid).view(1, grid, 1).expand(sub.support_x.shape[0], grid, 1).contiguous()
+    fast = learner.adapt(sub.support_x, sub.support_y, steps=steps)
+    with torch.no_grad():
+        pred = learner.predict(fast, x)
+    return {"x": x[0, :, 0].tolist(), "pred": pred[..., 0].tolist()}
+
+
+def summary_table(results: dict[str, Any]) -> str:
+    """Markdown: test MSE (mean (std) over seeds) per learner."""
+    lines = [f"{results['family']}, K = {results['shots']}, meta-batch {results['meta_batch']}, "
+             f"{results['inner_steps']} inner step(s), {results['iterations']} iterations, seeds {results['seeds']}; "
+             f"test MSE on {results['eval_curves']} curves x {results['eval_points']} points", "",
+             "| learner | test MSE | train s | ms / iteration |", "|---|---:|---:|---:|"]
+    for name, r in results["learners"].items():
+        m, s = r["mean"]["test_mse"], r["std"]["test_mse"]
+        mse = f"{m:.3f} ({s:.3f})" if len(r["runs"]) > 1 else f"{m:.3f}"
+        sec = np.mean([run["train_seconds"] for run in r["runs"]])
+        ms = np.mean([run["ms_per_iteration"] for run in r["runs"]])
+        lines.append(f"| {name} | {mse} | {sec:.0f} | {ms:.2f} |")
+    return "\n".join(lines)
+
+
+def _plot(results, fits, tasks, curves, fam, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(next(iter(fits.values()))["pred"]) if fits else 0
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.2), squeeze=False, layout="constrained")
+    for i, ax in enumerate(axes[0]):
+        x = torch.tensor(next(iter(fits.values()))["x"], dtype=torch.float64).view(1, -1, 1)
+        ax.plot(x[0, :, 0], fam.evaluate(curves[i : i + 1], x)[0, :, 0], "k-", lw=2, label="ground truth")
+        for name, fit in fits.items():
+            ax.plot(fit["x"], fit["pred"][i], "--", label=name)
+        ax.plot(tasks.support_x[i, :, 0], tasks.support_y[i, :, 0], "k^", label=f"{results['shots']} points used")
+        ax.set_title(f"A={curves[i, 0]:.2f} w={curves[i, 1]:.2f} b={curves[i, 2]:.2f}", fontsize=9)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{results['family']}, {results['shots']}-shot, after {results['eval_steps']} step(s)")
+    fig.savefig(out / "fits.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for name, r in results["learners"].items():
+        h = np.array([run["history"] for run in r["runs"]])  # [seeds, records, 2]
+        ax.plot(h[0, :, 0], h[:, :, 1].mean(0), label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("meta-iteration")
+    ax.set_ylabel("meta-training query MSE")
+    ax.set_title(f"{results['family']}, K = {results['shots']}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "training.png", dpi=110)
+    plt.close(fig)
+
