@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
                              description=bench_learners.__doc__.split("\n\n")[0])
     bench_learners.add_arguments(q)
     q.set_defaults(func=bench_learners.main)
+    from fastcl.benchmarks import meta_learners as bench_meta
+
+    q = bench_sub.add_parser("emcl", help="time per incoming batch: EMCL fused vs reference vs La-MAML",
+                             description=bench_meta.__doc__.split("\n\n")[0])
+    bench_meta.add_arguments(q)
+    q.set_defaults(func=bench_meta.main)
 
     from fastcl.data.streams import STREAMS
     from fastcl.experiments import LEARNERS

@@ -130,12 +130,19 @@ class EMCL(ReplayMetaLearner):
         self.fast_model = copy.deepcopy(model)
         self.fast = [p for p in self.fast_model.parameters() if p.requires_grad]
         self.by_hand = is_plain_mlp(model)  # MLP gradients by hand (fastcl.algorithms.lamaml.mlp_grads)
+        # reused buffers: the inner-step gradients, the importance gradient and |g*theta| (no page
+        # faults from fresh parameter-sized tensors at every step)
+        self._inner_grads = [torch.empty_like(p) for p in self.params]
+        self._meta_grads = [torch.empty_like(p) for p in self.params]
+        self._scratch = [torch.empty_like(p) for p in self.params]
 
-    def grads(self, model: nn.Module, params: list[Tensor], x: Tensor, y: Tensor,
-              tasks: Tensor | int) -> tuple[Tensor, list[Tensor]]:
-        """Mean cross-entropy of ``model`` (whose parameters are ``params``) and its gradient."""
+    def grads(self, model: nn.Module, params: list[Tensor], x: Tensor, y: Tensor, tasks: Tensor | int,
+              need_loss: bool = True, out: Optional[list[Tensor]] = None) -> tuple[Optional[Tensor], list[Tensor]]:
+        """Mean cross-entropy of ``model`` (whose parameters are ``params``) and its gradient
+        (written into ``out`` on the by-hand path)."""
         if self.by_hand:
-            return mlp_grads(model, params, x, y, None if self.mask_table is None else self.mask_table[tasks])
+            return mlp_grads(model, params, x, y, None if self.mask_table is None else self.mask_table[tasks],
+                             need_loss, out)
         loss = self.loss_of(model, x, y, tasks)
         return loss.detach(), list(torch.autograd.grad(loss, params))
 
@@ -146,13 +153,17 @@ class EMCL(ReplayMetaLearner):
     def importance_grads(self, bx: Tensor, by: Tensor, btasks: Tensor | int) -> tuple[Tensor, list[Tensor]]:
         """Meta loss at theta_0 and the gradient Omega is estimated from (Eq. 13), normalised
         per tensor to mean |g*theta| = 1 when ``importance_norm``."""
-        loss, grads = self.grads(self.model, self.params, bx, by, btasks)
+        loss, grads = self.grads(self.model, self.params, bx, by, btasks, out=self._meta_grads)
         if self.config.importance_norm:
-            with torch.no_grad():
-                prods = torch._foreach_mul(grads, self.params)
-                means = [n / p.numel() + 1e-12 for n, p in zip(torch._foreach_norm(prods, 1), self.params)]
-                torch._foreach_div_(grads, means)
+            self._normalise_(grads, self.params)
         return loss, grads
+
+    @torch.no_grad()
+    def _normalise_(self, grads: list[Tensor], by: list[Tensor]) -> None:
+        """``grads[i] /= mean |grads[i] * by[i]|``: Omega = |g * by| then has mean 1 per tensor."""
+        for g, t, s in zip(grads, by, self._scratch):
+            torch.mul(g, t, out=s)
+            g.div_(s.abs_().mean() + 1e-12)
 
     def inner_loop(self, bx: Tensor, by: Tensor, btasks: Tensor | int) -> None:
         """theta_k on the scratch model: one step per single example of ``bx``."""
@@ -161,7 +172,8 @@ class EMCL(ReplayMetaLearner):
             torch._foreach_copy_(fast, self.params)
         for i in range(bx.shape[0]):
             t = btasks if isinstance(btasks, int) else btasks[i:i + 1]
-            _, grads = self.grads(self.fast_model, fast, bx[i:i + 1], by[i:i + 1], t)
+            _, grads = self.grads(self.fast_model, fast, bx[i:i + 1], by[i:i + 1], t, need_loss=False,
+                                  out=self._inner_grads)
             with torch.no_grad():
                 if cfg.variant in ("emcl", "si"):  # Eq. 16 + 21 in one fused call
                     self.ops.prox_sgd_(fast, grads, self.params, self.importance, cfg.beta,
@@ -188,9 +200,7 @@ class EMCL(ReplayMetaLearner):
             step = torch._foreach_mul(self.meta_lrs, self.importance)
             torch._foreach_addcmul_(self.params, step, delta, value=cfg.lam)  # theta0 -= alpha*lam*h*(theta0-theta_k)
             if cfg.importance_norm:  # Omega normalised per tensor, as for EMCL
-                prods = torch._foreach_mul(grads, delta)
-                means = [n / d.numel() + 1e-12 for n, d in zip(torch._foreach_norm(prods, 1), delta)]
-                grads = torch._foreach_div(grads, means)
+                self._normalise_(grads, delta)
             self.ops.taylor_importance_(self.importance, grads, delta, cfg.eta)
             h = torch._foreach_add(self.importance, cfg.eps)
             if self.lr_mode == 0:

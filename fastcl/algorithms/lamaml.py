@@ -26,6 +26,7 @@ on the fast weights without ``functional_call``.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -102,18 +103,36 @@ def is_plain_mlp(model: nn.Module) -> bool:
             and all(not isinstance(a, nn.ReLU) or isinstance(b, nn.Linear) for a, b in zip(mods, mods[1:])))
 
 
+_STRUCTURE: "weakref.WeakKeyDictionary[nn.Module, tuple[bool, ...]]" = weakref.WeakKeyDictionary()
+
+
+def _relu_after(model: nn.Sequential) -> tuple[bool, ...]:
+    """For each Linear of a plain MLP, whether a ReLU follows it (cached per model)."""
+    got = _STRUCTURE.get(model)
+    if got is None:
+        mods = list(model)
+        got = tuple(i + 1 < len(mods) and isinstance(mods[i + 1], nn.ReLU)
+                    for i, m in enumerate(mods) if isinstance(m, nn.Linear))
+        _STRUCTURE[model] = got
+    return got
+
+
 @torch.no_grad()
 def mlp_grads(model: nn.Sequential, params: Sequence[Tensor], x: Tensor, y: Tensor,
-              mask: Optional[Tensor] = None) -> tuple[Tensor, list[Tensor]]:
+              mask: Optional[Tensor] = None, need_loss: bool = True,
+              out: Optional[Sequence[Tensor]] = None) -> tuple[Optional[Tensor], list[Tensor]]:
     """Mean cross-entropy of a plain MLP (see :func:`is_plain_mlp`) at ``params`` and its gradient,
-    by hand: the forward pass keeps the activations, the backward pass is three small matmuls
-    per layer. About twice as fast as autograd for the single-example inner steps.
+    by hand: the forward pass keeps the activations, the backward pass is two small matmuls and
+    a ReLU mask per layer. About twice as fast as autograd for the single-example inner steps.
 
     Args:
         model: the MLP (its structure only; the weights are ``params``: weight, bias per Linear).
         params: ``[W_1, b_1, ..., W_L, b_L]``.
         x: ``[B, ...]`` inputs; y: ``[B]`` labels.
         mask: optional ``[B, C]`` or ``[C]`` bool, the logits kept (multi-head); others are -inf.
+        need_loss: compute the loss (else None is returned in its place).
+        out: optional gradient buffers (shapes of ``params``), written and returned: reusing
+            them spares the page faults of a fresh first-layer gradient at every step.
 
     Returns:
         ``(loss, grads)``: the loss (0-d) and one gradient per parameter.
@@ -121,7 +140,7 @@ def mlp_grads(model: nn.Sequential, params: Sequence[Tensor], x: Tensor, y: Tens
     a = x.reshape(x.shape[0], -1)
     acts: list[Tensor] = []
     weights = params[0::2]
-    relu_after = [isinstance(b, nn.ReLU) for m, b in zip(model, list(model)[1:] + [None]) if isinstance(m, nn.Linear)]
+    relu_after = _relu_after(model)
     for i, (w, b) in enumerate(zip(weights, params[1::2])):
         acts.append(a)
         a = torch.addmm(b, a, w.t())
@@ -129,20 +148,24 @@ def mlp_grads(model: nn.Sequential, params: Sequence[Tensor], x: Tensor, y: Tens
             a = a.relu_()
     if mask is not None:
         a = a.masked_fill(~mask, float("-inf"))
-    logp = torch.log_softmax(a, 1)
-    rows = torch.arange(y.shape[0], device=y.device)
-    loss = -logp[rows, y].mean()
-    d = logp.exp_()
-    d[rows, y] -= 1
-    d.div_(y.shape[0])
-    grads: list[Tensor] = [None] * len(params)  # type: ignore[list-item]
+    n = y.shape[0]
+    loss = F.cross_entropy(a, y) if need_loss else None
+    d = torch.softmax(a, 1)
+    d.scatter_add_(1, y.unsqueeze(1), d.new_full((n, 1), -1.0))  # softmax - onehot
+    if n > 1:
+        d.div_(n)
+    grads: list[Tensor] = [None] * len(params) if out is None else list(out)  # type: ignore[list-item]
     for i in range(len(weights) - 1, -1, -1):
-        grads[2 * i] = d.t().mm(acts[i])
-        grads[2 * i + 1] = d.sum(0)
+        if out is None:
+            grads[2 * i] = d.t().mm(acts[i])
+            grads[2 * i + 1] = d.sum(0)
+        else:
+            torch.mm(d.t(), acts[i], out=grads[2 * i])
+            torch.sum(d, 0, out=grads[2 * i + 1])
         if i > 0:
             d = d.mm(weights[i])
             if relu_after[i - 1]:
-                d.mul_(acts[i] > 0)
+                d = torch.ops.aten.threshold_backward(d, acts[i], 0)
     return loss, grads
 
 
@@ -250,7 +273,8 @@ class LaMAML(ReplayMetaLearner):
         total: Optional[list[Tensor]] = None
         mask = self.mask_table
         for i in range(x.shape[0]):
-            _, g = mlp_grads(self.model, fast, x[i:i + 1], y[i:i + 1], None if mask is None else mask[task])
+            _, g = mlp_grads(self.model, fast, x[i:i + 1], y[i:i + 1], None if mask is None else mask[task],
+                             need_loss=False)
             fast = torch._foreach_sub(fast, torch._foreach_mul(rates, g))
             total = g if total is None else torch._foreach_add(total, g)
         loss, g_theta = mlp_grads(self.model, fast, bx, by, None if mask is None else mask[btasks])
