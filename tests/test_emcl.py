@@ -303,3 +303,12 @@ def test_bad_input_is_rejected_before_any_update():
         learner.observe(torch.randn(10, 3), s[0].y_train[:10], 0)
     assert all(torch.equal(a, p.detach()) for a, p in zip(before, learner.params))
     assert learner.memory.n_seen == 0 and not math.isnan(float(learner.params[0].detach().sum()))
+
+
+def test_bench_emcl_runs(capsys):
+    from fastcl import cli
+
+    assert cli.main(["bench", "emcl", "--batches", "1", "--warmup", "21", "--repeats", "1", "--glances", "1"]) == 0
+    out = capsys.readouterr().out
+    for name in ("EMCL fused", "EMCL reference", "La-MAML first order", "La-MAML second order"):
+        assert f"| {name} |" in out
