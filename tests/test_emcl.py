@@ -60,12 +60,14 @@ def _hand_emcl_batch(theta0, h, alpha, x, y, cfg, model):
     # Eq. 8: the rates for the next step
     if cfg.lr_mode == "paper":
         new_alpha = [a * cfg.r / (hh + cfg.eps) for a, hh in zip(alpha, new_h)]
+    elif cfg.lr_mode == "inverse":
+        new_alpha = [cfg.alpha0 * cfg.r / (hh + cfg.eps) for hh in new_h]
     else:
         new_alpha = [cfg.alpha0 * torch.clamp(cfg.r / (hh + cfg.eps), max=1.0) for hh in new_h]
     return new_theta0, new_h, new_alpha
 
 
-@pytest.mark.parametrize("lr_mode", ["stabilised", "paper"])
+@pytest.mark.parametrize("lr_mode", ["stabilised", "paper", "inverse"])
 @pytest.mark.parametrize("importance_norm", [True, False])
 @pytest.mark.parametrize("reference", [False, True])
 def test_emcl_update_matches_the_equations(lr_mode, importance_norm, reference):

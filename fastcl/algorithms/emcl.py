@@ -59,6 +59,9 @@ from .lamaml import ReplayMetaConfig, ReplayMetaLearner, _check_positive, is_pla
 __all__ = ["EMCL", "EMCLConfig", "EMCL_VARIANTS"]
 
 EMCL_VARIANTS = ("emcl", "nopgd", "lr", "si")
+#: Eq. 8 readings: the two modes of the fused op, and "inverse", ``alpha = alpha0 * r / (h + eps)``
+#: (Eq. 8 from alpha_0 at every step: no compounding and no cap), applied after the fused step.
+LR_MODES = ("stabilised", "paper", "inverse")
 
 
 @dataclass
@@ -103,8 +106,8 @@ class EMCLConfig(ReplayMetaConfig):
         _check_positive(self, "alpha0", "beta", "lam", "gamma", "r", "eps")
         if not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"eta (importance decay) must be in [0, 1], got {self.eta}")
-        if self.lr_mode not in reference.LR_MODES:
-            raise ValueError(f"lr_mode must be one of {sorted(reference.LR_MODES)}, got {self.lr_mode!r}")
+        if self.lr_mode not in LR_MODES:
+            raise ValueError(f"lr_mode must be one of {sorted(LR_MODES)}, got {self.lr_mode!r}")
         if self.variant not in EMCL_VARIANTS:
             raise ValueError(f"variant must be one of {EMCL_VARIANTS}, got {self.variant!r}")
 
@@ -124,7 +127,7 @@ class EMCL(ReplayMetaLearner):
         config = config or EMCLConfig()
         super().__init__(model, num_classes, input_shape, config, task_classes)
         self.ops = reference if config.reference else ops
-        self.lr_mode = reference.LR_MODES[config.lr_mode]
+        self.lr_mode = reference.LR_MODES.get(config.lr_mode, 1)  # "inverse" overwrites the op's rates
         self.importance = [torch.zeros_like(p) for p in self.params]
         self.meta_lrs = [torch.full_like(p, config.alpha0) for p in self.params]
         self.fast_model = copy.deepcopy(model)
@@ -194,6 +197,8 @@ class EMCL(ReplayMetaLearner):
             if cfg.variant != "si":
                 self.ops.emcl_meta_step_(self.params, self.fast, self.importance, self.meta_lrs, grads, cfg.lam,
                                          cfg.eta, cfg.r, self.lr_mode, cfg.alpha0, cfg.eps)
+                if cfg.lr_mode == "inverse":
+                    self._inverse_rates_()
                 return
             # EMCL-SI: Omega = |g * delta|, delta = theta_k - theta_0 (the update), same order as above
             delta = torch._foreach_sub(self.fast, self.params)
@@ -203,7 +208,9 @@ class EMCL(ReplayMetaLearner):
                 self._normalise_(grads, delta)
             self.ops.taylor_importance_(self.importance, grads, delta, cfg.eta)
             h = torch._foreach_add(self.importance, cfg.eps)
-            if self.lr_mode == 0:
+            if cfg.lr_mode == "inverse":
+                self._inverse_rates_()
+            elif self.lr_mode == 0:
                 torch._foreach_div_(self.meta_lrs, h)
                 torch._foreach_mul_(self.meta_lrs, cfg.r)
             else:
@@ -212,6 +219,14 @@ class EMCL(ReplayMetaLearner):
                 torch._foreach_clamp_max_(rates, 1.0)
                 torch._foreach_mul_(rates, cfg.alpha0)
                 torch._foreach_copy_(self.meta_lrs, rates)
+
+    def _inverse_rates_(self) -> None:
+        """``alpha = alpha0 * r / (h + eps)`` (lr_mode "inverse")."""
+        cfg, a = self.config, self.meta_lrs
+        torch._foreach_copy_(a, self.importance)
+        torch._foreach_add_(a, cfg.eps)
+        torch._foreach_reciprocal_(a)
+        torch._foreach_mul_(a, cfg.alpha0 * cfg.r)
 
     def meta_update(self, x, y, task, bx, by, btasks) -> float:
         loss, grads = self.importance_grads(bx, by, btasks)
