@@ -20,6 +20,10 @@ Choices the paper leaves open (named so they can be changed):
   alpha decays to 0 or blows up unless h stays at r; the default ``"stabilised"`` form
   ``alpha = alpha_0 * min(1, r/h)`` keeps Eq. 8's intent (rates inversely proportional to the
   importance) without compounding. See :func:`fastcl.ops.reference.emcl_meta_step_`.
+  ``"inverse"``: ``alpha = alpha_0 * r / (h + eps)``, Eq. 8 from alpha_0 at every step, uncapped
+  (the meta step ``alpha*lambda*h`` is then ~alpha_0*lambda*r for every parameter, and the
+  importance acts through the proximal inner step only); applied by foreach ops after the
+  fused step.
 * ``importance_norm``: the raw Omega = |g*theta| of an MNIST MLP is ~1e-4, at which scale
   lambda = 10 and gamma*lambda = 3 of Table II do nothing (the prox and the meta-gradient both
   vanish). With ``importance_norm=True`` (default) Omega is divided by its mean over each
@@ -78,7 +82,8 @@ class EMCLConfig(ReplayMetaConfig):
             ``1 / (alpha0 * lambda)`` of Table II (1/3; 2/3 on Many Permutations): the per-element
             meta step ``alpha*lambda*h = alpha0*lambda*min(h, r)`` then moves theta_0 at most all the
             way to theta_k, never past it.
-        lr_mode: "stabilised" (default) or "paper" (Eq. 8 as printed); see the module docstring.
+        lr_mode: "stabilised" (default), "paper" (Eq. 8 as printed) or "inverse"; see the module
+            docstring.
         eps: added to h in Eq. 8's denominator.
         importance_norm: divide Omega by its mean over each tensor (see the module docstring).
         variant: "emcl", or an ablation: "nopgd", "lr", "si".
