@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
                              description=bench_maml.__doc__.split("\n\n")[0])
     bench_maml.add_arguments(q)
     q.set_defaults(func=bench_maml.main)
+    from fastcl.benchmarks import meta_learners as bench_meta
+
+    q = bench_sub.add_parser("emcl", help="time per incoming batch: EMCL fused vs reference vs La-MAML",
+                             description=bench_meta.__doc__.split("\n\n")[0])
+    bench_meta.add_arguments(q)
+    q.set_defaults(func=bench_meta.main)
 
     from fastcl.data.streams import STREAMS
     from fastcl.experiments import LEARNERS

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from . import metrics
-from .algorithms import (AGEM, EWC, HAL, AGEMConfig, CloneAndFinetune, ERConfig, ERRing, EWCConfig, Finetune,
-                         FinetuneConfig, HALConfig, Multitask, OracleConfig)
+from .algorithms import (AGEM, EMCL, EWC, HAL, AGEMConfig, CloneAndFinetune, EMCLConfig, ERConfig, ERRing, EWCConfig,
+                         Finetune, FinetuneConfig, HALConfig, LaMAML, LaMAMLConfig, Multitask, OracleConfig)
 from .data.streams import STREAMS, Stream, make_stream
 from .models import MLP, ReducedResNet18
 from .train import run_stream
@@ -45,6 +45,23 @@ def _plain(cls, cfg_cls, **fixed):
     return make, cfg_cls
 
 
+#: Table II settings of the replay meta-learners that differ on Many Permutations (memory 500).
+_MANY_PERMUTATIONS = {
+    LaMAML: {"memory_size": 500, "alpha0": 0.1, "eta": 0.1},
+    EMCL: {"memory_size": 500, "alpha0": 0.15, "beta": 0.03, "gamma": 0.1, "r": 1.0 / 1.5},
+}
+
+
+def _reservoir(cls, cfg_cls, **fixed):
+    """La-MAML / EMCL: the memory is a reservoir of ``memory_size`` examples (a config field,
+    ``--set memory_size=N``), not ``--memory`` examples per class per task, which they ignore."""
+    def make(model, stream, memory, overrides):
+        paper = _MANY_PERMUTATIONS[cls] if stream.name == "many-permutations" else {}
+        cfg = cfg_cls(**{**paper, **fixed, **overrides})
+        return cls(model, stream.num_classes, stream.input_shape, cfg, _task_classes(stream))
+    return make, cfg_cls
+
+
 def _task_classes(stream: Stream):
     return [t.classes for t in stream] if stream.multi_head else None
 
@@ -60,6 +77,12 @@ LEARNERS: dict[str, tuple[Callable, type]] = {
     "hal-data": _er_like(HAL, HALConfig, anchors="data"),
     "clone-and-finetune": _plain(CloneAndFinetune, OracleConfig),
     "multitask": _plain(Multitask, OracleConfig),
+    "lamaml": _reservoir(LaMAML, LaMAMLConfig),
+    "lamaml-fo": _reservoir(LaMAML, LaMAMLConfig, second_order=False),
+    "emcl": _reservoir(EMCL, EMCLConfig),
+    "emcl-nopgd": _reservoir(EMCL, EMCLConfig, variant="nopgd"),
+    "emcl-lr": _reservoir(EMCL, EMCLConfig, variant="lr"),
+    "emcl-si": _reservoir(EMCL, EMCLConfig, variant="si"),
 }
 
 
@@ -97,13 +120,25 @@ def default_model(stream: Stream) -> torch.nn.Module:
     return MLP((int(np.prod(stream.input_shape)), 256, 256, stream.num_classes))
 
 
+def mlp_100(stream: Stream) -> torch.nn.Module:
+    """The MLP 784-100-100-10 of MER, La-MAML and EMCL on the MNIST streams (HAL's model elsewhere)."""
+    if stream.input_shape == (3, 32, 32):
+        return default_model(stream)
+    return MLP((int(np.prod(stream.input_shape)), 100, 100, stream.num_classes))
+
+
+#: learner name -> its default model, for learners whose paper uses another model than HAL's.
+DEFAULT_MODELS: dict[str, Callable[[Stream], torch.nn.Module]] = {
+    name: mlp_100 for name in ("lamaml", "lamaml-fo", "emcl", "emcl-nopgd", "emcl-lr", "emcl-si")}
+
+
 def build_learner(name: str, stream: Stream, memory: int, overrides: dict[str, Any], seed: int,
-                  model_fn: Callable[[Stream], torch.nn.Module] = default_model):
+                  model_fn: Optional[Callable[[Stream], torch.nn.Module]] = None):
     if name not in LEARNERS:
         raise ValueError(f"unknown learner {name!r}; choose from {', '.join(LEARNERS)}")
     make, _ = LEARNERS[name]
     torch.manual_seed(seed)
-    model = model_fn(stream)
+    model = (model_fn or DEFAULT_MODELS.get(name, default_model))(stream)
     return make(model, stream, memory, {"seed": seed, **overrides})
 
 

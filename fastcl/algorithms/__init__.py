@@ -1,10 +1,14 @@
 """Continual learners on one protocol (see :mod:`fastcl.algorithms.base`)."""
 
 from .base import Learner, LearnerConfig, ModelLearner
+from .emcl import EMCL, EMCL_VARIANTS, EMCLConfig
 from .er import ERConfig, ERRing, Finetune, FinetuneConfig
 from .hal import ANCHOR_KINDS, HAL, HALConfig
 from .l2f import L2F, L2FConfig
 from .maml import MAML, MAMLConfig
+from .lamaml import LaMAML, LaMAMLConfig, ReplayMetaConfig, ReplayMetaLearner
+from .cts import CTS, CTSAccurate, CTSConfig, TaskLearners
+from .reptile import Reptile
 from .oracles import CloneAndFinetune, Multitask, OracleConfig
 from .regularized import AGEM, EWC, AGEMConfig, EWCConfig
 
@@ -12,8 +16,6 @@ __all__ = ["Learner", "LearnerConfig", "ModelLearner", "ERConfig", "ERRing", "Fi
            "HAL", "HALConfig", "ANCHOR_KINDS",
            "AGEM", "AGEMConfig", "EWC", "EWCConfig",
            "CloneAndFinetune", "Multitask", "OracleConfig",
-           "MAML", "MAMLConfig", "L2F", "L2FConfig"]
-from .cts import CTS, CTSAccurate, CTSConfig, TaskLearners
-from .reptile import Reptile
-
-__all__ += ["CTS", "CTSAccurate", "CTSConfig", "TaskLearners", "Reptile"]
+           "MAML", "MAMLConfig", "L2F", "L2FConfig",
+           "CTS", "CTSAccurate", "CTSConfig", "TaskLearners", "Reptile",
+           "LaMAML", "LaMAMLConfig", "ReplayMetaConfig", "ReplayMetaLearner", "EMCL", "EMCLConfig", "EMCL_VARIANTS"]

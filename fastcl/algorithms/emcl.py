@@ -1,0 +1,256 @@
+"""EMCL: efficient meta-learning for continual learning (Zou and Lin; Algorithm 1).
+
+For every incoming batch and each of ``glances`` consecutive meta-updates (La-MAML's frame, see
+:mod:`fastcl.algorithms.lamaml`), with ``b`` the meta batch (the incoming batch joined with a
+replay batch from the reservoir memory, so that ``L_t`` covers the tasks seen so far):
+
+1. ``g = dL_t(theta_0; b) / dtheta_0``, the gradient the importance is estimated from (Eq. 13);
+2. inner loop from ``theta_0`` over the ``k = |b|`` single examples of ``b``: a gradient step of
+   rate beta (Eq. 16) followed by the closed-form proximal step toward ``theta_0`` (Eq. 21),
+   ``theta <- (theta - beta*grad + gamma*lambda*h*theta_0) / (gamma*lambda*h + 1)``, in one fused
+   call (:func:`fastcl.ops.prox_sgd_`);
+3. meta update in one fused call (:func:`fastcl.ops.emcl_meta_step_`): the closed-form
+   meta-gradient ``lambda*h*(theta_0 - theta_k)`` (Eq. 10) applied with the per-parameter rates
+   alpha, the importance ``h <- eta*h + (1-eta)*|g*theta_0|`` (Eq. 7, 13), and the rates of
+   Eq. 8 for the next step. No second-order derivative anywhere.
+
+Choices the paper leaves open (named so they can be changed):
+
+* ``lr_mode``: Eq. 8 as printed (``alpha <- alpha*r/h``, ``"paper"``) compounds over steps, so
+  alpha decays to 0 or blows up unless h stays at r; the default ``"stabilised"`` form
+  ``alpha = alpha_0 * min(1, r/h)`` keeps Eq. 8's intent (rates inversely proportional to the
+  importance) without compounding. See :func:`fastcl.ops.reference.emcl_meta_step_`.
+  ``"inverse"``: ``alpha = alpha_0 * r / (h + eps)``, Eq. 8 from alpha_0 at every step, uncapped
+  (the meta step ``alpha*lambda*h`` is then ~alpha_0*lambda*r for every parameter, and the
+  importance acts through the proximal inner step only); applied by foreach ops after the
+  fused step.
+* ``importance_norm``: the raw Omega = |g*theta| of an MNIST MLP is ~1e-4, at which scale
+  lambda = 10 and gamma*lambda = 3 of Table II do nothing (the prox and the meta-gradient both
+  vanish). With ``importance_norm=True`` (default) Omega is divided by its mean over each
+  parameter tensor (relative importance, mean 1), which makes Table II's lambda and gamma act;
+  ``False`` is Eq. 13 verbatim.
+* eta (importance decay) and r (rate scale) have no values in the paper: 0.99 and
+  ``1 / (alpha0 * lambda)`` here (see :class:`EMCLConfig`).
+
+Ablations (EMCL Table IV and Fig. 3), ``variant``:
+
+* ``"emcl"``: the method above;
+* ``"nopgd"``: no proximal step: plain gradient steps on the regularised inner loss of Eq. 6,
+  ``theta <- theta - beta*(grad + lambda*h*(theta - theta_0))``;
+* ``"lr"``: inner-LR modulation instead of explicit regularisation: ``theta <- theta - alpha*grad``
+  with the meta rates alpha, no regulariser;
+* ``"si"``: EMCL-SI, importance from the gradient times the parameter *update* (as SI):
+  ``Omega = |g * (theta_k - theta_0)|``.
+
+``reference=True`` runs the same learner on the pure-PyTorch references of the ops
+(:mod:`fastcl.ops.reference`): the tests compare the two, the benchmark times them.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import ops
+from ..ops import reference
+from .lamaml import ReplayMetaConfig, ReplayMetaLearner, _check_positive, is_plain_mlp, mlp_grads
+
+__all__ = ["EMCL", "EMCLConfig", "EMCL_VARIANTS"]
+
+EMCL_VARIANTS = ("emcl", "nopgd", "lr", "si")
+#: Eq. 8 readings: the two modes of the fused op, and "inverse", ``alpha = alpha0 * r / (h + eps)``
+#: (Eq. 8 from alpha_0 at every step: no compounding and no cap), applied after the fused step.
+LR_MODES = ("stabilised", "paper", "inverse")
+
+
+@dataclass
+class EMCLConfig(ReplayMetaConfig):
+    """EMCL hyperparameters (Table II, MNIST Permutations; Many Permutations in brackets).
+
+    Attributes:
+        alpha0: alpha_0, initial meta learning rate (0.3 [0.15]).
+        beta: beta, inner learning rate (0.15 [0.03]).
+        lam: lambda, inner regularisation strength (10 [10]).
+        gamma: gamma, scalar of the proximal step (0.3 [0.1]); the prox weight is gamma*lambda*h.
+        eta: eta, decay of the importance moving average (Eq. 7; not given in the paper: 0.99).
+        r: r, scale factor of the rates (Eq. 8; not given in the paper). Default
+            ``1 / (alpha0 * lambda)`` of Table II (1/3; 2/3 on Many Permutations): the per-element
+            meta step ``alpha*lambda*h = alpha0*lambda*min(h, r)`` then moves theta_0 at most all the
+            way to theta_k, never past it.
+        lr_mode: "stabilised" (default), "paper" (Eq. 8 as printed) or "inverse"; see the module
+            docstring.
+        eps: added to h in Eq. 8's denominator.
+        importance_norm: divide Omega by its mean over each tensor (see the module docstring).
+        variant: "emcl", or an ablation: "nopgd", "lr", "si".
+        inner_replay: run the inner loop over the meta batch (incoming + replay, True) or over
+            the incoming batch only (False; replay then only enters the importance).
+        reference: run on the pure-PyTorch references of the fused ops.
+    """
+
+    alpha0: float = 0.3
+    beta: float = 0.15
+    lam: float = 10.0
+    gamma: float = 0.3
+    eta: float = 0.99
+    r: float = 1.0 / 3.0
+    lr_mode: str = "stabilised"
+    eps: float = 1e-8
+    importance_norm: bool = True
+    variant: str = "emcl"
+    inner_replay: bool = True
+    reference: bool = False
+    lr: float = 0.0  # unused: beta and alpha are the learning rates
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_positive(self, "alpha0", "beta", "lam", "gamma", "r", "eps")
+        if not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"eta (importance decay) must be in [0, 1], got {self.eta}")
+        if self.lr_mode not in LR_MODES:
+            raise ValueError(f"lr_mode must be one of {sorted(LR_MODES)}, got {self.lr_mode!r}")
+        if self.variant not in EMCL_VARIANTS:
+            raise ValueError(f"variant must be one of {EMCL_VARIANTS}, got {self.variant!r}")
+
+
+class EMCL(ReplayMetaLearner):
+    """EMCL (see the module docstring) on the learner protocol.
+
+    State beyond the model: the importance h and the meta rates alpha (one tensor per
+    parameter), the reservoir memory and the generator; all in :meth:`state_dict`. The inner loop
+    runs in place on a scratch copy of the model (its parameters are the fast weights).
+    """
+
+    config: EMCLConfig
+
+    def __init__(self, model: nn.Module, num_classes: int, input_shape: Sequence[int],
+                 config: Optional[EMCLConfig] = None, task_classes=None):
+        config = config or EMCLConfig()
+        super().__init__(model, num_classes, input_shape, config, task_classes)
+        self.ops = reference if config.reference else ops
+        self.lr_mode = reference.LR_MODES.get(config.lr_mode, 1)  # "inverse" overwrites the op's rates
+        self.importance = [torch.zeros_like(p) for p in self.params]
+        self.meta_lrs = [torch.full_like(p, config.alpha0) for p in self.params]
+        self.fast_model = copy.deepcopy(model)
+        self.fast = [p for p in self.fast_model.parameters() if p.requires_grad]
+        self.by_hand = is_plain_mlp(model)  # MLP gradients by hand (fastcl.algorithms.lamaml.mlp_grads)
+        # reused buffers: the inner-step gradients, the importance gradient and |g*theta| (no page
+        # faults from fresh parameter-sized tensors at every step)
+        self._inner_grads = [torch.empty_like(p) for p in self.params]
+        self._meta_grads = [torch.empty_like(p) for p in self.params]
+        self._scratch = [torch.empty_like(p) for p in self.params]
+
+    def grads(self, model: nn.Module, params: list[Tensor], x: Tensor, y: Tensor, tasks: Tensor | int,
+              need_loss: bool = True, out: Optional[list[Tensor]] = None) -> tuple[Optional[Tensor], list[Tensor]]:
+        """Mean cross-entropy of ``model`` (whose parameters are ``params``) and its gradient
+        (written into ``out`` on the by-hand path)."""
+        if self.by_hand:
+            return mlp_grads(model, params, x, y, None if self.mask_table is None else self.mask_table[tasks],
+                             need_loss, out)
+        loss = self.loss_of(model, x, y, tasks)
+        return loss.detach(), list(torch.autograd.grad(loss, params))
+
+    def loss_of(self, model: nn.Module, x: Tensor, y: Tensor, tasks: Tensor | int) -> Tensor:
+        return F.cross_entropy(self.mask_logits(model(x), tasks), y)
+
+    # -- the pieces of Algorithm 1 ------------------------------------------------------
+    def importance_grads(self, bx: Tensor, by: Tensor, btasks: Tensor | int) -> tuple[Tensor, list[Tensor]]:
+        """Meta loss at theta_0 and the gradient Omega is estimated from (Eq. 13), normalised
+        per tensor to mean |g*theta| = 1 when ``importance_norm``."""
+        loss, grads = self.grads(self.model, self.params, bx, by, btasks, out=self._meta_grads)
+        if self.config.importance_norm:
+            self._normalise_(grads, self.params)
+        return loss, grads
+
+    @torch.no_grad()
+    def _normalise_(self, grads: list[Tensor], by: list[Tensor]) -> None:
+        """``grads[i] /= mean |grads[i] * by[i]|``: Omega = |g * by| then has mean 1 per tensor."""
+        for g, t, s in zip(grads, by, self._scratch):
+            torch.mul(g, t, out=s)
+            g.div_(s.abs_().mean() + 1e-12)
+
+    def inner_loop(self, bx: Tensor, by: Tensor, btasks: Tensor | int) -> None:
+        """theta_k on the scratch model: one step per single example of ``bx``."""
+        cfg, fast = self.config, self.fast
+        with torch.no_grad():
+            torch._foreach_copy_(fast, self.params)
+        for i in range(bx.shape[0]):
+            t = btasks if isinstance(btasks, int) else btasks[i:i + 1]
+            _, grads = self.grads(self.fast_model, fast, bx[i:i + 1], by[i:i + 1], t, need_loss=False,
+                                  out=self._inner_grads)
+            with torch.no_grad():
+                if cfg.variant in ("emcl", "si"):  # Eq. 16 + 21 in one fused call
+                    self.ops.prox_sgd_(fast, grads, self.params, self.importance, cfg.beta,
+                                       cfg.gamma * cfg.lam)
+                elif cfg.variant == "nopgd":  # gradient step on Eq. 6, regulariser included
+                    total = torch._foreach_sub(fast, self.params)
+                    torch._foreach_mul_(total, self.importance)
+                    torch._foreach_mul_(total, cfg.lam)
+                    torch._foreach_add_(total, grads)  # grad + lambda*h*(theta - theta_0)
+                    self.ops.prox_sgd_(fast, total, None, None, cfg.beta, 0.0)
+                else:  # "lr": the meta rates as inner rates, no regulariser
+                    torch._foreach_addcmul_(fast, self.meta_lrs, grads, value=-1.0)
+
+    def meta_step(self, grads: list[Tensor]) -> None:
+        """Eq. 10 with the rates of Eq. 8; importance by Eq. 7 and 13 (or SI's)."""
+        cfg = self.config
+        with torch.no_grad():
+            if cfg.variant != "si":
+                self.ops.emcl_meta_step_(self.params, self.fast, self.importance, self.meta_lrs, grads, cfg.lam,
+                                         cfg.eta, cfg.r, self.lr_mode, cfg.alpha0, cfg.eps)
+                if cfg.lr_mode == "inverse":
+                    self._inverse_rates_()
+                return
+            # EMCL-SI: Omega = |g * delta|, delta = theta_k - theta_0 (the update), same order as above
+            delta = torch._foreach_sub(self.fast, self.params)
+            step = torch._foreach_mul(self.meta_lrs, self.importance)
+            torch._foreach_addcmul_(self.params, step, delta, value=cfg.lam)  # theta0 -= alpha*lam*h*(theta0-theta_k)
+            if cfg.importance_norm:  # Omega normalised per tensor, as for EMCL
+                self._normalise_(grads, delta)
+            self.ops.taylor_importance_(self.importance, grads, delta, cfg.eta)
+            h = torch._foreach_add(self.importance, cfg.eps)
+            if cfg.lr_mode == "inverse":
+                self._inverse_rates_()
+            elif self.lr_mode == 0:
+                torch._foreach_div_(self.meta_lrs, h)
+                torch._foreach_mul_(self.meta_lrs, cfg.r)
+            else:
+                rates = torch._foreach_reciprocal(h)
+                torch._foreach_mul_(rates, cfg.r)
+                torch._foreach_clamp_max_(rates, 1.0)
+                torch._foreach_mul_(rates, cfg.alpha0)
+                torch._foreach_copy_(self.meta_lrs, rates)
+
+    def _inverse_rates_(self) -> None:
+        """``alpha = alpha0 * r / (h + eps)`` (lr_mode "inverse")."""
+        cfg, a = self.config, self.meta_lrs
+        torch._foreach_copy_(a, self.importance)
+        torch._foreach_add_(a, cfg.eps)
+        torch._foreach_reciprocal_(a)
+        torch._foreach_mul_(a, cfg.alpha0 * cfg.r)
+
+    def meta_update(self, x, y, task, bx, by, btasks) -> float:
+        loss, grads = self.importance_grads(bx, by, btasks)
+        if self.config.inner_replay:
+            self.inner_loop(bx, by, btasks)
+        else:
+            self.inner_loop(x, y, task)
+        self.meta_step(grads)
+        return float(loss.detach())
+
+    # -- state ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["importance"] = [h.clone() for h in self.importance]
+        state["meta_lrs"] = [a.clone() for a in self.meta_lrs]
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        with torch.no_grad():
+            for dst, src in zip(self.importance + self.meta_lrs, state["importance"] + state["meta_lrs"]):
+                dst.copy_(src)
