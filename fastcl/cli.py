@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 #: ``NAMES`` (the learner names it runs), ``add_run_arguments(group)`` (its own options; the shared
 #: ones are --seeds, --seed-offset, --out, --threads, --resume, --no-progress, --no-plots, --data,
 #: --stream, --set, --tasks, --family, --shots, --meta-batch, --inner-steps, --iterations) and ``run_from_args(args, learners) -> int``.
-RUN_FAMILIES: tuple[str, ...] = ()
+RUN_FAMILIES: tuple[str, ...] = ("fastcl.online_experiments",)
 
 
 def _run_families():
