@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
                              description=bench_learners.__doc__.split("\n\n")[0])
     bench_learners.add_arguments(q)
     q.set_defaults(func=bench_learners.main)
+    from fastcl.benchmarks import ftml as bench_ftml
+
+    q = bench_sub.add_parser("ftml", help="FTML meta-gradient: torch.func + vmap vs a per-task autograd loop",
+                             description=bench_ftml.__doc__.split("\n\n")[0])
+    bench_ftml.add_arguments(q)
+    q.set_defaults(func=bench_ftml.main_from_args)
 
     from fastcl.data.streams import STREAMS
     from fastcl.experiments import LEARNERS

@@ -298,3 +298,17 @@ def test_run_command_errors(tmp_path, data_dir, capsys, args, message):
                str(tmp_path / "o"), "--no-progress", "--no-plots"] + args)
     assert rc == 2
     assert message in capsys.readouterr().err
+
+
+def test_benchmark_table_runs_and_checks_the_gradients(capsys):
+    from fastcl.benchmarks import ftml as bench_ftml
+
+    rows = bench_ftml.run(tasks=(2,), steps=(1,), repeats=1)  # asserts fastcl == loop before timing
+    assert [(r["order"], r["tasks"], r["inner_steps"]) for r in rows] == [("second", 2, 1), ("first", 2, 1)]
+    assert all(r["fastcl_ms"] > 0 and r["loop_ms"] > 0 for r in rows)
+    threads = torch.get_num_threads()
+    try:
+        assert main(["bench", "ftml", "--tasks", "1", "--steps", "1", "--repeats", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert "| second | 1 | 1 |" in capsys.readouterr().out

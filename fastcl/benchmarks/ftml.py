@@ -1,4 +1,4 @@
-"""Meta-update time of FTML: ``python -m fastcl.benchmarks.ftml [--threads 1] [--repeats 5]``.
+"""Meta-update time of FTML: ``fastcl bench ftml [--threads 1] [--repeats 5] [--tasks 1,4,16]``.
 
 One FTML meta-gradient (Eq. 5: ``S`` inner SGD steps of size 0.1 on ``D^tr``, the loss on ``D^val``
 and its gradient with respect to the initial weights) on Rainbow-MNIST-sized inputs
@@ -31,7 +31,7 @@ from torch.func import functional_call
 from ..algorithms.ftml import FTML, FTMLConfig
 from ..models import ConvNet
 
-__all__ = ["loop_meta_gradient", "run", "main"]
+__all__ = ["loop_meta_gradient", "run", "table", "add_arguments", "main_from_args", "main"]
 
 SHAPE = (3, 28, 28)
 
@@ -99,18 +99,25 @@ def table(rows: list[dict], threads: int) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--tasks", default="1,4,16", help="K values, comma-separated")
     p.add_argument("--steps", default="1,5", help="inner-step counts, comma-separated")
-    args = p.parse_args(argv)
+
+
+def main_from_args(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     rows = run(tuple(int(v) for v in args.tasks.split(",")), tuple(int(v) for v in args.steps.split(",")),
                args.repeats)
     print(table(rows, args.threads))
     return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    return main_from_args(p.parse_args(argv))
 
 
 if __name__ == "__main__":  # pragma: no cover
