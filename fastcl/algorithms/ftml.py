@@ -60,10 +60,13 @@ class FTMLConfig:
             training of TOE / FTL draws ``2 * inner_batch`` examples per task so that every method
             sees as many examples per update.
         meta_lr: eta, Adam step size of the meta-update (Adam's default 1e-3).
-        meta_steps: N_meta, meta-updates (TOE / FTL: joint updates) after each arrival of data.
-            The paper does not give it; 20 is this library's default.
+        meta_steps: N_meta, meta-updates (TOE / FTL / from scratch: Adam steps) after each arrival
+            of data. The paper does not give it; 100 is this library's default.
         meta_batch: tasks per meta-update (1: Alg. 2 samples one task; more run under vmap).
-        finetune_steps: N_grad, steps of the Update-Procedure on ``D_t`` (not given by the paper).
+        finetune_steps: N_grad, steps of the Update-Procedure on ``D_t``. The paper does not give
+            it; the default is the number of inner steps the meta-training prepares for (5): with
+            20 steps of alpha = 0.1 the fine-tuning diverged on some Rainbow MNIST tasks (11% test
+            accuracy after 900 datapoints).
         finetune_batch: examples per Update-Procedure step; None uses all of ``D_t`` (Alg. 2,
             line 14), an int draws that many examples per step (cheaper on large ``D_t``).
         first_order: drop the second-order terms of the meta-gradient (FOMAML).
@@ -75,9 +78,9 @@ class FTMLConfig:
     inner_steps: int = 5
     inner_batch: int = 10
     meta_lr: float = 1e-3
-    meta_steps: int = 20
+    meta_steps: int = 100
     meta_batch: int = 1
-    finetune_steps: int = 20
+    finetune_steps: int = 5
     finetune_batch: Optional[int] = None
     first_order: bool = False
     label_smoothing: float = 0.1
@@ -184,14 +187,9 @@ class OnlineLearner:
         self.buffer.add(x, y, task)
         self._adapted.clear()
         self.model.train()
-        losses = [self._update(task) for _ in range(self.updates_per_arrival)]
+        losses = [self._update(task) for _ in range(self.config.meta_steps)]
         losses = [v for v in losses if v is not None]
         return float(sum(losses) / len(losses)) if losses else float("nan")
-
-    @property
-    def updates_per_arrival(self) -> int:
-        """Training updates after each arrival: N_meta (0 for a learner that trains only when adapting)."""
-        return self.config.meta_steps
 
     def _start_task(self, task: int) -> None:
         """Hook run when a new task begins."""
