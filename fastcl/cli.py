@@ -5,7 +5,12 @@
                                  the fused-op benchmark tables (fastcl.benchmarks.ops): fused vs
                                  eager chain, per-tensor loop, torch._foreach, torch.compile;
                                  progress on stderr, tables on stdout
-    fastcl bench maml [--quick]  MAML / FOMAML meta-iteration time, vmapped vs a per-task loop
+    fastcl bench learners|emcl|maml|ftml|cts
+                                 training-speed tables of the learners against plain loops
+    fastcl run LEARNER[,LEARNER...] [options]
+                                 train and evaluate: continual learners on task streams
+                                 (er-ring, hal, emcl, lamaml, ...), MAML / L2F on sinusoids,
+                                 FTML on Rainbow MNIST, Reptile / CTS (``fastcl run --help``)
 """
 
 from __future__ import annotations
@@ -43,6 +48,16 @@ def _bench_ops(args: argparse.Namespace) -> int:
     return bench_ops.run_from_args(args)
 
 
+#: ``fastcl bench NAME``: (name, module of fastcl.benchmarks, help, entry point taking the args)
+_BENCHES = (
+    ("learners", "learners", "training throughput: ER-Ring and HAL vs a plain PyTorch loop", "main"),
+    ("emcl", "meta_learners", "time per incoming batch: EMCL fused vs reference vs La-MAML", "main"),
+    ("maml", "maml", "MAML / FOMAML meta-iteration time: vmapped vs a per-task loop", "main"),
+    ("ftml", "ftml", "FTML meta-gradient: torch.func + vmap vs a per-task autograd loop", "main_from_args"),
+    ("cts", "cts", "CTS: T task learners under vmap + fused shift vs T nn.Module copies", "main"),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastcl", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -58,30 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
                              description=bench_ops.__doc__.split("\n\n")[0])
     bench_ops.add_arguments(q)
     q.set_defaults(func=_bench_ops)
-    from fastcl.benchmarks import learners as bench_learners
+    import importlib
 
-    q = bench_sub.add_parser("learners", help="training throughput: ER-Ring and HAL vs a plain PyTorch loop",
-                             description=bench_learners.__doc__.split("\n\n")[0])
-    bench_learners.add_arguments(q)
-    q.set_defaults(func=bench_learners.main)
-    from fastcl.benchmarks import cts as bench_cts
-
-    q = bench_sub.add_parser("cts", help="CTS: T task learners under vmap + fused shift vs T nn.Module copies",
-                             description=bench_cts.__doc__.split("\n\n")[0])
-    bench_cts.add_arguments(q)
-    q.set_defaults(func=bench_cts.main)
-    from fastcl.benchmarks import maml as bench_maml
-
-    q = bench_sub.add_parser("maml", help="MAML / FOMAML meta-iteration time: vmapped vs a per-task loop",
-                             description=bench_maml.__doc__.split("\n\n")[0])
-    bench_maml.add_arguments(q)
-    q.set_defaults(func=bench_maml.main)
-    from fastcl.benchmarks import meta_learners as bench_meta
-
-    q = bench_sub.add_parser("emcl", help="time per incoming batch: EMCL fused vs reference vs La-MAML",
-                             description=bench_meta.__doc__.split("\n\n")[0])
-    bench_meta.add_arguments(q)
-    q.set_defaults(func=bench_meta.main)
+    for name, module, help_, entry in _BENCHES:
+        mod = importlib.import_module(f"fastcl.benchmarks.{module}")
+        q = bench_sub.add_parser(name, help=help_, description=mod.__doc__.split("\n\n")[0])
+        mod.add_arguments(q)
+        q.set_defaults(func=getattr(mod, entry))
 
     from fastcl.data.streams import STREAMS
     from fastcl.experiments import LEARNERS
@@ -136,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 RUN_FAMILIES: tuple[str, ...] = (
     "fastcl.meta_experiments",  # maml, fomaml, maml-l2f on sinusoids
     "fastcl.cts_experiments",  # reptile, cts, cts-accurate, ... on synthetic2d / images
+    "fastcl.online_experiments",  # ftml, toe, ftl, scratch on rainbow-mnist
 )
 
 

@@ -14,6 +14,10 @@ be filled (they are used by nothing below) or nan.
 Every function takes ``skip_first``: the first k tasks used for hyperparameter search, which
 the HAL protocol (following A-GEM) leaves out of the metrics; the metrics are then those of the
 sub-matrix ``acc[k:, k:]``.
+
+For online meta-learning (FTML, Finn et al. 2019), :func:`learning_efficiency` reads a task's
+learning curve (test performance against the number of datapoints seen): the datapoints needed to
+reach the proficiency threshold.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ __all__ = [
     "backward_transfer",
     "learning_accuracy",
     "summarize",
+    "learning_efficiency",
 ]
 
 
@@ -131,3 +136,31 @@ class AccuracyMatrix:
             raise ValueError(f"values has shape {values.shape}; expected {self.values.shape}")
         self.values = values.copy()
         self.rows = int(state["rows"])
+
+
+def learning_efficiency(datapoints, scores, threshold: float, *, higher_is_better: bool = True,
+                        unreached: float = float("nan")) -> float:
+    """Datapoints needed to reach proficiency (FTML, Alg. 1 lines 11-12 and Sec. 5).
+
+    The learning efficiency of a task is ``|D_t|`` at the first evaluation whose score reaches
+    the threshold ``gamma``: accuracy ``>= gamma`` (``higher_is_better``, e.g. gamma = 0.9 on
+    Rainbow MNIST) or loss ``< gamma`` (``higher_is_better=False``, Alg. 1 line 11).
+
+    Args:
+        datapoints: ``[E]`` sizes of ``D_t`` at the evaluations, strictly increasing, > 0.
+        scores: ``[E]`` test performance at those sizes.
+        threshold: gamma.
+        higher_is_better: accuracy-like (True) or loss-like (False) scores.
+        unreached: returned when no evaluation reaches the threshold (nan by default; pass e.g.
+            the task's total size to cap it, as a plot of efficiency needs).
+    """
+    d = np.asarray(datapoints, dtype=np.float64)
+    s = np.asarray(scores, dtype=np.float64)
+    if d.ndim != 1 or s.shape != d.shape:
+        raise ValueError(f"datapoints and scores must be 1-D of one length, got shapes {d.shape} and {s.shape}")
+    if d.size and ((d <= 0).any() or (np.diff(d) <= 0).any()):
+        raise ValueError(f"datapoints must be > 0 and strictly increasing, got {d.tolist()}")
+    if np.isnan(s).any() or not np.isfinite(threshold):
+        raise ValueError("scores and threshold must not be nan")
+    hit = s >= threshold if higher_is_better else s < threshold
+    return float(d[np.argmax(hit)]) if hit.any() else float(unreached)

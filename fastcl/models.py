@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["MLP", "BasicBlock", "ReducedResNet18", "param_shapes"]
+__all__ = ["MLP", "BasicBlock", "ReducedResNet18", "ConvNet", "param_shapes"]
 
 
 class MLP(nn.Sequential):
@@ -94,3 +94,37 @@ class ReducedResNet18(nn.Module):
 def param_shapes(model: nn.Module) -> list[tuple[int, ...]]:
     """The shapes of ``model.parameters()``, in order."""
     return [tuple(p.shape) for p in model.parameters()]
+
+
+class ConvNet(nn.Module):
+    """Small convolutional classifier of online meta-learning (FTML's Rainbow MNIST network, lighter).
+
+    ``depth`` 3x3 convolutions of ``channels`` maps with stride 2 and padding 1, each followed by
+    ReLU, then a linear head on the flattened maps. FTML (Finn et al., 2019, App. C) uses 5
+    convolutions of 32 3x3 filters with BatchNorm; this net keeps 32 maps but has no BatchNorm
+    (batch statistics would tie the examples of a minibatch together inside the functional inner
+    loop and cannot be updated under vmap), and uses 4 stride-2 convolutions (28 -> 14 -> 7 -> 4
+    -> 2) to fit CPU budgets: on one Rainbow MNIST task it trained faster than 5 (87.8% vs 78.3%
+    test accuracy after 400 Adam steps of 20 examples).
+
+    Args:
+        in_channels: input maps (3 for Rainbow MNIST).
+        num_classes: outputs.
+        channels: maps of every convolution.
+        depth: number of convolutions.
+        image_size: input height = width.
+    """
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, channels: int = 32, depth: int = 4,
+                 image_size: int = 28):
+        super().__init__()
+        layers: list[nn.Module] = []
+        size = image_size
+        for i in range(depth):
+            layers += [nn.Conv2d(in_channels if i == 0 else channels, channels, 3, stride=2, padding=1), nn.ReLU()]
+            size = (size - 1) // 2 + 1
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        self.head = nn.Linear(channels * size * size, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))

@@ -3,6 +3,8 @@
 from .base import Learner, LearnerConfig, ModelLearner
 from .emcl import EMCL, EMCL_VARIANTS, EMCLConfig
 from .er import ERConfig, ERRing, Finetune, FinetuneConfig
+from .ftml import (FTML, ONLINE_LEARNERS, FollowTheLeader, FromScratch, FTMLConfig, OnlineLearner,
+                   TrainOnEverything, sgd_adapt)
 from .hal import ANCHOR_KINDS, HAL, HALConfig
 from .l2f import L2F, L2FConfig
 from .maml import MAML, MAMLConfig
@@ -18,4 +20,6 @@ __all__ = ["Learner", "LearnerConfig", "ModelLearner", "ERConfig", "ERRing", "Fi
            "CloneAndFinetune", "Multitask", "OracleConfig",
            "MAML", "MAMLConfig", "L2F", "L2FConfig",
            "CTS", "CTSAccurate", "CTSConfig", "TaskLearners", "Reptile",
-           "LaMAML", "LaMAMLConfig", "ReplayMetaConfig", "ReplayMetaLearner", "EMCL", "EMCLConfig", "EMCL_VARIANTS"]
+           "LaMAML", "LaMAMLConfig", "ReplayMetaConfig", "ReplayMetaLearner", "EMCL", "EMCLConfig", "EMCL_VARIANTS",
+           "FTML", "FTMLConfig", "OnlineLearner", "TrainOnEverything", "FollowTheLeader", "FromScratch",
+           "sgd_adapt", "ONLINE_LEARNERS"]
