@@ -48,8 +48,25 @@ def _plain(cls, cfg_cls, **fixed):
 #: Table II settings of the replay meta-learners that differ on Many Permutations (memory 500).
 _MANY_PERMUTATIONS = {
     LaMAML: {"memory_size": 500, "alpha0": 0.1, "eta": 0.1},
-    EMCL: {"memory_size": 500, "alpha0": 0.15, "beta": 0.03, "gamma": 0.1, "r": 1.0 / 1.5},
+    EMCL: {"memory_size": 500, "alpha0": 0.15, "beta": 0.03, "gamma": 0.1, "r": 0.02},
 }
+
+#: The pre-v2 reading of EMCL (capped Eq. 8, importance normalised per tensor, r = 1/(alpha0*lambda))
+#: that the ablation learners keep: under the default reading (Eq. 13 verbatim) the importance is
+#: too small for the regulariser to act, and the "lr" ablation would use the rates alpha0*r/h
+#: (~1e3) as inner rates. Any field can still be overridden with --set.
+EMCL_V1 = {"lr_mode": "stabilised", "importance_norm": True}
+
+
+def _emcl_ablation(variant: str):
+    make_default, cfg_cls = _reservoir(EMCL, EMCLConfig, variant=variant, **EMCL_V1)
+
+    def make(model, stream, memory, overrides):
+        paper = _MANY_PERMUTATIONS[EMCL] if stream.name == "many-permutations" else {}
+        alpha0 = overrides.get("alpha0", paper.get("alpha0", EMCLConfig.alpha0))
+        lam = overrides.get("lam", paper.get("lam", EMCLConfig.lam))
+        return make_default(model, stream, memory, {"r": 1.0 / (alpha0 * lam), **overrides})
+    return make, cfg_cls
 
 
 def _reservoir(cls, cfg_cls, **fixed):
@@ -80,9 +97,9 @@ LEARNERS: dict[str, tuple[Callable, type]] = {
     "lamaml": _reservoir(LaMAML, LaMAMLConfig),
     "lamaml-fo": _reservoir(LaMAML, LaMAMLConfig, second_order=False),
     "emcl": _reservoir(EMCL, EMCLConfig),
-    "emcl-nopgd": _reservoir(EMCL, EMCLConfig, variant="nopgd"),
-    "emcl-lr": _reservoir(EMCL, EMCLConfig, variant="lr"),
-    "emcl-si": _reservoir(EMCL, EMCLConfig, variant="si"),
+    "emcl-nopgd": _emcl_ablation("nopgd"),  # the ablations keep the pre-v2 reading (EMCL_V1)
+    "emcl-lr": _emcl_ablation("lr"),
+    "emcl-si": _emcl_ablation("si"),
 }
 
 

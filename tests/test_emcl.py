@@ -92,14 +92,39 @@ def test_emcl_update_matches_the_equations(lr_mode, importance_norm, reference):
     assert not all(torch.equal(a, b) for a, b in zip(theta0, start))
 
 
-@pytest.mark.parametrize("variant", EMCL_VARIANTS)
+@pytest.mark.parametrize("reference", [False, True])
+def test_default_eq8_cancels_the_importance_of_eq10(reference):
+    """Default reading (lr_mode "inverse"): alpha = alpha0*r/h, so the meta step of Eq. 10,
+    alpha*lambda*h*(theta_0 - theta_k), is alpha0*r*lambda*h/(h+eps) of the way to theta_k for
+    every element (the Reptile / MetaMinibatchProx interpolation), whatever its importance."""
+    cfg = EMCLConfig(memory_size=0, glances=1, reference=reference)
+    assert (cfg.lr_mode, cfg.importance_norm, cfg.r) == ("inverse", False, 0.01)
+    torch.manual_seed(0)
+    learner = EMCL(MLP((5, 4, 3)).double(), 3, (5,), cfg)
+    x, y = torch.randn(4, 5, dtype=torch.float64), torch.randint(0, 3, (4,))
+    learner.observe(x, y, 0)  # h = 0 before: no meta move, h and alpha set for the next step
+    theta0 = [p.detach().clone() for p in learner.params]
+    h = [t.clone() for t in learner.importance]
+    learner.observe(x, y, 0)
+    for new, old, hh, tk in zip(learner.params, theta0, h, learner.fast):
+        frac = cfg.alpha0 * cfg.r * cfg.lam * hh / (hh + cfg.eps)
+        torch.testing.assert_close(new.detach(), old + frac * (tk.detach() - old), rtol=1e-9, atol=1e-12)
+    assert max(float(hh.max()) for hh in h) > 0
+
+
+#: the pre-v2 reading (fastcl.experiments.EMCL_V1), which the ablation learners keep
+_V1 = {"lr_mode": "stabilised", "importance_norm": True, "r": 1.0 / 3.0}
+
+
+@pytest.mark.parametrize("variant, reading", [("emcl", "default")] + [(v, "v1") for v in EMCL_VARIANTS])
 @pytest.mark.parametrize("multi_head", [False, True])
-def test_fused_and_reference_learners_agree(variant, multi_head):
+def test_fused_and_reference_learners_agree(variant, reading, multi_head):
     s = _stream(num_tasks=2, n=20, multi_head=multi_head)
     runs = []
+    kw = _V1 if reading == "v1" else {}
     for reference in (False, True):
         # explicit gradient steps on Eq. 6 are only stable for beta*lambda*h < 2 (hence PGD)
-        learner = _emcl(s, variant=variant, reference=reference, **({"lam": 1.0} if variant == "nopgd" else {}))
+        learner = _emcl(s, variant=variant, reference=reference, **kw, **({"lam": 1.0} if variant == "nopgd" else {}))
         gen = torch.Generator().manual_seed(0)
         for task in s:
             for x, y in task.batches(10, gen):
@@ -132,7 +157,9 @@ def test_emcl_inner_loop_runs_on_the_fused_op(monkeypatch):
 def test_emcl_and_lamaml_learn():
     """After two tasks, both are far above chance (0.25) on both."""
     s = _stream(num_tasks=2, n=100)
-    for learner in (_emcl(s), _lamaml(s), _lamaml(s, second_order=False)):
+    # EMCL at Table II's alpha_0, beta (meta step alpha0*r*lambda = 0.03 of the way to theta_k),
+    # and in the pre-v2 reading at the helper's smaller rates
+    for learner in (_emcl(s, alpha0=0.3, beta=0.15), _emcl(s, **_V1), _lamaml(s), _lamaml(s, second_order=False)):
         res = run_stream(learner, s, progress=False)
         assert (res.acc.values[1] > 0.6).all(), (type(learner).__name__, res.acc.values)
 

@@ -353,6 +353,11 @@ def emcl_meta_step_(params, fast_params, importance, meta_lrs, grads, lam: float
          parameters move less) but does not compound, so it is bounded by ``alpha0`` and by
          ``alpha0 * r / h``; unimportant parameters (h <= r) keep the initial rate alpha0.
 
+       The EMCL learner's default reading (``lr_mode="inverse"`` of
+       :class:`fastcl.algorithms.EMCLConfig`, ``alpha = alpha0 * r / (h_new + eps)``, uncapped, so
+       that ``alpha * lam * h`` at the next step is ``alpha0 * r * lam`` for every element) is
+       not a mode of this op: the learner overwrites ``meta_lrs`` after it.
+
     Args:
         params: theta_0 (meta parameters), updated in place.
         fast_params: theta_k, the inner-loop result, read only.
