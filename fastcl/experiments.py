@@ -236,14 +236,25 @@ def run_experiment(learners: Sequence[str], stream_name: str, *, num_tasks: int,
     return results
 
 
+def _memory_label(config: dict[str, Any], per_class: int) -> str:
+    """What a learner's memory is: a reservoir of ``memory_size``, a ring of m per class per task,
+    or none."""
+    if "memory_size" in config:
+        return f"reservoir {config['memory_size']}"
+    if "per_class" in config:
+        return f"{per_class} per class per task"
+    return "-"
+
+
 def summary_table(results: dict[str, Any]) -> str:
     """Markdown table: accuracy and forgetting (%, mean (std) over seeds), BWT, training time."""
-    lines = [f"{results['stream']}, {results['tasks']} tasks, memory {results['memory']} per class, "
-             f"seeds {results['seeds']}" + (f", first {results['skip_first']} tasks left out" if results["skip_first"] else ""),
-             "", "| learner | accuracy (%) | forgetting (%) | BWT (%) | train s |", "|---|---:|---:|---:|---:|"]
+    lines = [f"{results['stream']}, {results['tasks']} tasks, seeds {results['seeds']}"
+             + (f", first {results['skip_first']} tasks left out" if results["skip_first"] else ""),
+             "", "| learner | memory | accuracy (%) | forgetting (%) | BWT (%) | train s |",
+             "|---|---|---:|---:|---:|---:|"]
     for name, r in results["learners"].items():
-        lines.append(f"| {name} | {_fmt(r, 'accuracy')} | {_fmt(r, 'forgetting')} | {_fmt(r, 'bwt')} | "
-                     f"{_fmt(r, 'train_seconds', 1.0)} |")
+        lines.append(f"| {name} | {_memory_label(r['config'], results['memory'])} | {_fmt(r, 'accuracy')} | "
+                     f"{_fmt(r, 'forgetting')} | {_fmt(r, 'bwt')} | {_fmt(r, 'train_seconds', 1.0)} |")
     return "\n".join(lines)
 
 
@@ -287,7 +298,7 @@ def _plot(results: dict[str, Any], out: Path) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("tasks learned")
     ax.set_ylabel("average accuracy on tasks seen (%)")
-    ax.set_title(f"{results['stream']}, memory {results['memory']} per class")
+    ax.set_title(results['stream'])
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
