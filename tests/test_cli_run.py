@@ -7,16 +7,6 @@ from fastcl.cli import main
 from fastcl.experiments import LEARNERS, average_accuracy_curve, parse_overrides
 from fastcl.algorithms import HALConfig
 
-from test_data import _write_mnist_dir
-
-
-@pytest.fixture
-def data_dir(tmp_path):
-    d = tmp_path / "mnist"
-    d.mkdir()
-    _write_mnist_dir(d, n_train=60, n_test=20)
-    return d
-
 
 def test_run_writes_results_and_plots(tmp_path, data_dir, capsys):
     out = tmp_path / "out"

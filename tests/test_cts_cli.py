@@ -4,7 +4,6 @@ import pytest
 
 from fastcl.cli import main
 
-from test_data import _write_mnist_dir
 
 
 def test_run_synthetic2d_writes_results_and_plots(tmp_path, capsys):
@@ -32,10 +31,8 @@ def test_run_synthetic2d_writes_results_and_plots(tmp_path, capsys):
     assert again["runs"] == r["cts"]["runs"]
 
 
-def test_run_images_family(tmp_path, capsys):
-    d = tmp_path / "mnist"
-    d.mkdir()
-    _write_mnist_dir(d, n_train=60, n_test=20)
+def test_run_images_family(tmp_path, data_dir, capsys):
+    d = data_dir
     out = tmp_path / "img"
     rc = main(["run", "reptile,cts,mtl-pretrain,scratch-init", "--family", "images", "--data", str(d), "--inner-steps", "2",
                "--iterations", "2", "--cts-train", "mnist,mnist-rot90", "--cts-test", "mnist-inverted",

@@ -19,7 +19,6 @@ from fastcl.metrics import learning_efficiency
 from fastcl.models import ConvNet
 from fastcl.online_experiments import run_online_learner
 
-from test_data import _write_mnist_dir
 
 SHAPE = (3, 28, 28)
 
@@ -30,14 +29,6 @@ def _tiny_net():
 
 def _mlp():
     return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
-
-
-@pytest.fixture
-def data_dir(tmp_path):
-    d = tmp_path / "mnist"
-    d.mkdir()
-    _write_mnist_dir(d, n_train=60, n_test=20)
-    return d
 
 
 # ------------------------------------------------------------------------------ inner adaptation

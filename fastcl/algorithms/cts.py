@@ -245,11 +245,15 @@ class TaskLearners:
     def reset(self) -> None:
         """theta_0 <- phi for every task (Alg. 1 l. 7, Alg. 2 l. 6); heads and, unless
         ``reset_optimizer``, the optimizer state carry over."""
-        with torch.no_grad():
-            for n in self.shared_names:
-                self.theta[n].copy_(self.phi[n].unsqueeze(0).expand_as(self.theta[n]))
+        self._shared_from_phi()
         if self.config.reset_optimizer:
             self.opt_state = {}
+
+    @torch.no_grad()
+    def _shared_from_phi(self) -> None:
+        """Every task learner's shared parameters <- phi."""
+        for n in self.shared_names:
+            self.theta[n].copy_(self.phi[n].unsqueeze(0).expand_as(self.theta[n]))
 
     def inner_step(self, batch) -> Tensor:
         """One optimizer step of all local task learners on ``batch``; returns the ``[T_local]``
@@ -291,12 +295,20 @@ class TaskLearners:
         if self.m >= cfg.repetitions:
             raise RuntimeError("the run is over: all M repetitions are done")
         if self.k == 0:
-            self.reset()
+            self._begin_repetition()
         self.k += 1
-        losses = self.inner_step(batch_fn(self.m, self.k, self.tasks))
-        self._after_inner_step()
+        losses = self._advance(batch_fn)
         if self.k == cfg.inner_steps:
             self.m, self.k = self.m + 1, 0
+        return losses
+
+    def _begin_repetition(self) -> None:
+        self.reset()
+
+    def _advance(self, batch_fn) -> Tensor:
+        """Inner step ``k`` of repetition ``m`` and the meta steps that follow it."""
+        losses = self.inner_step(batch_fn(self.m, self.k, self.tasks))
+        self._after_inner_step()
         return losses
 
     def _after_inner_step(self) -> None:
@@ -387,28 +399,22 @@ class CTSAccurate(TaskLearners):
 
     kind = "cts-accurate"
 
-    def step(self, batch_fn) -> Tensor:
-        cfg = self.config
-        if self.m >= cfg.repetitions:
-            raise RuntimeError("the run is over: all M repetitions are done")
-        if self.k == 0:
-            if cfg.reset_optimizer:
-                self.opt_state = {}
-            self._snapshot = {"heads": {n: self.theta[n].clone() for n in self.head_names},
-                              "opt_state": copy.deepcopy(self.opt_state)}
-        self.k += 1
+    def _begin_repetition(self) -> None:
+        if self.config.reset_optimizer:
+            self.opt_state = {}
+        self._snapshot = {"heads": {n: self.theta[n].clone() for n in self.head_names},
+                          "opt_state": copy.deepcopy(self.opt_state)}
+
+    def _advance(self, batch_fn) -> Tensor:
         # restart from the current phi with the repetition's starting heads and optimizer state
+        self._shared_from_phi()
         with torch.no_grad():
-            for n in self.shared_names:
-                self.theta[n].copy_(self.phi[n].unsqueeze(0).expand_as(self.theta[n]))
             for n in self.head_names:
                 self.theta[n].copy_(self._snapshot["heads"][n])
         self.opt_state = copy.deepcopy(self._snapshot["opt_state"])
         for i in range(1, self.k + 1):
             losses = self.inner_step(batch_fn(self.m, i, self.tasks))
         self.meta_step(shift=False)
-        if self.k == cfg.inner_steps:
-            self.m, self.k = self.m + 1, 0
         return losses
 
 
