@@ -43,10 +43,16 @@ TORCH_LIBRARY(fastcl, m) {
   m.def("taylor_importance_(Tensor(a!)[] importance, Tensor[] grads, Tensor[] params, "
         "float decay) -> ()");
   // EMCL meta update (Eq. 10) with importance-modulated meta learning rates (Eq. 8),
-  // importance refresh (Eq. 7, 13) in the same pass. lr_mode: 0 = paper, 1 = stabilised.
+  // importance refresh (Eq. 7, 13) in the same pass. lr_mode: 0 = paper, 1 = stabilised,
+  // 2 = inverse.
   m.def("emcl_meta_step_(Tensor(a!)[] params, Tensor[] fast_params, Tensor(b!)[] importance, "
         "Tensor(c!)[] meta_lrs, Tensor[] grads, float lam, float decay, float r, int lr_mode, "
         "float alpha0, float eps) -> ()");
+  // k = x.size(0) sequential single-example steps of a ReLU MLP on cross-entropy, each the
+  // prox_sgd_ step above with the gradient of one example: the EMCL inner loop (Algorithm 1,
+  // Eq. 16, 21). params = [W_1, b_1, ..., W_L, b_L]; y: [k] int64 labels.
+  m.def("mlp_prox_steps_(Tensor(a!)[] params, Tensor x, Tensor y, Tensor[]? anchors, "
+        "Tensor[]? importance, float lr, float prox) -> ()");
   // delta = meta_lr*(mean_T thetas - phi); phi += delta; thetas[t] += delta if shift.
   // CTS Algorithm 2 lines 11-13; shift=False is Reptile Algorithm 1 line 12.
   m.def("trajectory_shift_(Tensor(a!)[] phi, Tensor(b!)[] thetas, float meta_lr, bool shift) -> ()");

@@ -92,7 +92,7 @@ def test_taylor_importance(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("lr_mode", [0, 1])
+@pytest.mark.parametrize("lr_mode", [0, 1, 2])
 def test_emcl_meta_step(dtype, lr_mode):
     p, pk, g = _lists(3, dtype)
     h, a = _lists(2, dtype, 0.0, 1.0, seed=3)
@@ -136,6 +136,99 @@ def test_rejected_call_writes_nothing():
         _ops().prox_sgd_(p, bad, None, None, 0.1, 0.0)
     with pytest.raises(ValueError):
         _ops().prox_sgd_(p, g, None, None, -1.0, 0.0)
+    for a, b in zip(p, before):
+        assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------- MLP inner loop
+# against the reference in the same dtype on the GPU (cuBLAS sums in another order; k steps)
+MLP_TOL = {
+    torch.float32: dict(rtol=1e-4, atol=1e-5),
+    torch.float64: dict(rtol=1e-10, atol=1e-12),
+}
+
+
+def _mlp(widths, dtype, seed):
+    """[W_1, b_1, ..., W_L, b_L] on the GPU, uniform of scale 1/sqrt(fan in)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    params = []
+    for n_in, n_out in zip(widths[:-1], widths[1:]):
+        scale = max(n_in, 1) ** -0.5
+        for shape in ((n_out, n_in), (n_out,)):
+            t = torch.empty(shape, dtype=torch.float64).uniform_(-scale, scale, generator=g)
+            params.append(t.to("cuda", dtype))
+    return params
+
+
+def _like(params, low, high, seed):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    return [torch.empty(t.shape, dtype=torch.float64).uniform_(low, high, generator=g).to("cuda", t.dtype)
+            for t in params]
+
+
+def _batch(widths, k, dtype, seed):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    x = torch.empty(k, widths[0], dtype=torch.float64).uniform_(-1.0, 1.0, generator=g).to("cuda", dtype)
+    y = torch.randint(0, widths[-1], (k,), generator=g).cuda()
+    return x, y
+
+
+def _mlp_args(widths, dtype, anchored):
+    """anchors, importance, prox of a call with or without the prox term."""
+    if not anchored:
+        return None, None, 0.0
+    anchors = _mlp(widths, dtype, seed=11)  # theta_0 of the scale of the weights
+    return anchors, _like(anchors, 0.0, 3.0, seed=12), 0.7
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("anchored", [True, False])
+# the small MLP; an MNIST-sized one; more hidden units and classes than threads in a block
+@pytest.mark.parametrize("widths, k", [((7, 5, 4, 3), 4), ((784, 100, 100, 10), 10), ((20, 300, 260), 3)])
+def test_mlp_prox_steps(dtype, anchored, widths, k):
+    p = _mlp(widths, dtype, seed=9)
+    x, y = _batch(widths, k, dtype, seed=10)
+    anchors, importance, prox = _mlp_args(widths, dtype, anchored)
+    want = _clone(p)
+    ref.mlp_prox_steps_(want, x, y, anchors, importance, 0.3, prox)
+    _ops().mlp_prox_steps_(p, x, y, anchors, importance, 0.3, prox)
+    for got, w in zip(p, want):
+        torch.testing.assert_close(got, w, **MLP_TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("anchored", [True, False])
+def test_mlp_prox_steps_strided(dtype, anchored):
+    widths, k = (12, 9, 6, 4), 5
+    p = _mlp(widths, dtype, seed=14)
+    p[2] = p[2].t().contiguous().t()  # W_2: same values, transposed strides
+    strides = [t.stride() for t in p]
+    g = torch.Generator(device="cpu").manual_seed(15)
+    # x [k, 3, 4] (12 features per example) and y, both non-contiguous
+    x = torch.rand(k, 4, 3, generator=g, dtype=torch.float64).to("cuda", dtype).transpose(1, 2)
+    y = torch.randint(0, widths[-1], (2 * k,), generator=g).cuda()[::2]
+    anchors, importance, prox = _mlp_args(widths, dtype, anchored)
+    if anchored:
+        anchors[0] = anchors[0].t().contiguous().t()
+    want = _clone(p)
+    ref.mlp_prox_steps_(want, x, y, anchors, importance, 0.3, prox)
+    _ops().mlp_prox_steps_(p, x, y, anchors, importance, 0.3, prox)
+    for got, w in zip(p, want):
+        torch.testing.assert_close(got, w, **MLP_TOL[dtype])
+    assert [t.stride() for t in p] == strides  # written back into the strided W_2
+
+
+def test_mlp_prox_steps_rejected_call_writes_nothing():
+    widths = (7, 5, 3)
+    p = _mlp(widths, torch.float32, seed=16)
+    before = _clone(p)
+    x, y = _batch(widths, 4, torch.float32, seed=17)
+    for bad in (3, -1):  # y out of [0, n_L)
+        yb = y.clone()
+        yb[2] = bad
+        with pytest.raises(ValueError, match=r"y must hold labels in \[0, 3\)"):
+            _ops().mlp_prox_steps_(p, x, yb, None, None, 0.1, 0.0)
+    _ops().mlp_prox_steps_(p, x[:0], y[:0], None, None, 0.1, 0.0)  # k = 0: nothing to do
     for a, b in zip(p, before):
         assert torch.equal(a, b)
 

@@ -137,21 +137,49 @@ def test_fused_and_reference_learners_agree(variant, reading, multi_head):
     assert any(float(h.abs().max()) > 0 for h in fused.importance)
 
 
-def test_emcl_inner_loop_runs_on_the_fused_op(monkeypatch):
+def _count_calls(monkeypatch, names):
     import fastcl.ops as ops
 
-    calls = {"prox": 0, "meta": 0}
-    prox, meta = ops.prox_sgd_, ops.emcl_meta_step_
-    monkeypatch.setattr(ops, "prox_sgd_", lambda *a: (calls.__setitem__("prox", calls["prox"] + 1), prox(*a))[1])
-    monkeypatch.setattr(ops, "emcl_meta_step_",
-                        lambda *a: (calls.__setitem__("meta", calls["meta"] + 1), meta(*a))[1])
+    calls = dict.fromkeys(names, 0)
+    for name in names:
+        op = getattr(ops, name)
+        monkeypatch.setattr(ops, name, lambda *a, _n=name, _op=op: (calls.__setitem__(_n, calls[_n] + 1), _op(*a))[1])
+    return calls
+
+
+@pytest.mark.parametrize("fused_inner", [True, False])
+def test_emcl_inner_loop_runs_on_the_fused_ops(monkeypatch, fused_inner):
+    """One mlp_prox_steps_ call per glance on an MLP (the whole inner loop), or one prox_sgd_
+    call per inner step with fused_inner=False; one emcl_meta_step_ per glance either way."""
+    calls = _count_calls(monkeypatch, ["mlp_prox_steps_", "prox_sgd_", "emcl_meta_step_"])
     s = _stream(num_tasks=1, n=10)
-    learner = _emcl(s, glances=3)
+    learner = _emcl(s, glances=3, fused_inner=fused_inner)
     x, y = s[0].x_train[:10], s[0].y_train[:10]
     learner.observe(x, y, 0)  # empty memory: 10 inner steps per glance
-    assert calls == {"prox": 30, "meta": 3}
     learner.observe(x, y, 0)  # 10 + 10 replayed
-    assert calls == {"prox": 30 + 60, "meta": 6}
+    steps = 3 * 10 + 3 * 20
+    want = {"mlp_prox_steps_": 6, "prox_sgd_": 0} if fused_inner else {"mlp_prox_steps_": 0, "prox_sgd_": steps}
+    assert calls == {**want, "emcl_meta_step_": 6}
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_fused_inner_loop_equals_the_per_step_loop(reference):
+    """mlp_prox_steps_ (one call per glance) and the per-step loop (by-hand gradients and a
+    prox_sgd_ call per example) train the same learner, to float rounding."""
+    s = _stream(num_tasks=2, n=20)
+    runs = []
+    for fused_inner in (True, False):
+        learner = _emcl(s, reference=reference, fused_inner=fused_inner, gamma=30.0)  # a prox that acts
+        gen = torch.Generator().manual_seed(0)
+        for task in s:
+            for x, y in task.batches(10, gen):
+                learner.observe(x, y, task.task_id)
+        runs.append(learner)
+    fused, per_step = runs
+    assert fused.fused_inner and not per_step.fused_inner
+    for a, b in zip(fused.params + fused.importance, per_step.params + per_step.importance):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=2e-4, atol=2e-5)
+    assert not all(torch.equal(a, b) for a, b in zip(fused.params, per_step.params))  # two real paths
 
 
 def test_emcl_and_lamaml_learn():

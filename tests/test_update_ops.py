@@ -194,7 +194,7 @@ def test_emcl_meta_step_matches_reference(data):
     lam = data.draw(real(0.0, 4.0), label="lam")
     decay = data.draw(real(0.0, 1.0), label="decay")
     r = data.draw(real(0.0, 4.0), label="r")
-    lr_mode = data.draw(st.sampled_from([0, 1, "paper", "stabilised"]), label="lr_mode")
+    lr_mode = data.draw(st.sampled_from([0, 1, 2, "paper", "stabilised", "inverse"]), label="lr_mode")
     alpha0 = data.draw(real(0.0, 1.0), label="alpha0")
     # half: h_new can underflow to a subnormal in the reference (not in the float kernel);
     # eps > 0 keeps the rate a*r/(h_new+eps) a well-conditioned function of h_new.

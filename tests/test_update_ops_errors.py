@@ -103,7 +103,7 @@ def scalar_cases():
                            (math.nan, "must not be nan"), (True, "must be a real number")):
                 yield pytest.param(op, "decay", v, TypeError if v is True else ValueError, "decay " + pat,
                                    id=f"{op}-decay={v}")
-    for v in (2, -1, "adam", True, 0.5, None):
+    for v in (3, -1, "adam", True, 0.5, None):
         yield pytest.param("emcl_meta_step_", "lr_mode", v, ValueError, "lr_mode must be",
                            id=f"emcl_meta_step_-lr_mode={v!r}")
     for v in (1, None, "yes"):

@@ -104,8 +104,10 @@ inline void check_lists(const std::vector<NamedList>& lists) {
 // ("too hard" for at::get_overlap_status) are accepted against read tensors (the kernels stage
 // them into contiguous copies before any write) but not against written ones when their byte
 // ranges intersect. Cost: one sort of the byte ranges, O(n log n) for disjoint tensors.
+// allow_in_place = false rejects the in-place exception too (ops that read their inputs over
+// several steps while writing, such as mlp_prox_steps_).
 inline void check_aliasing(const std::vector<NamedList>& written,
-                           const std::vector<NamedList>& read) {
+                           const std::vector<NamedList>& read, bool allow_in_place = true) {
   struct Entry {
     const char* name;
     size_t index;
@@ -144,20 +146,25 @@ inline void check_aliasing(const std::vector<NamedList>& written,
       const Entry& o = x.written ? y : x;
       if (st == at::MemOverlapStatus::TooHard) {
         // A strided view and a tensor whose byte ranges intersect. Against a read tensor this
-        // is safe: one of the two is staged into a contiguous copy before any write. Two
-        // written ones would be written back in an order the reference does not follow.
-        TORCH_CHECK_VALUE(!(x.written && y.written), w.name, "[", w.index, "] and ", o.name, "[",
-                          o.index, "] are strided views of one storage whose byte ranges "
-                          "intersect; written tensors must be provably disjoint");
+        // is safe when the op reads its inputs once (one of the two is staged into a
+        // contiguous copy before any write); not so when it reads them over several steps
+        // (!allow_in_place). Two written ones would be written back in an order the reference
+        // does not follow.
+        TORCH_CHECK_VALUE(allow_in_place && !(x.written && y.written), w.name, "[", w.index,
+                          "] and ", o.name, "[", o.index,
+                          "] are strided views of one storage whose byte ranges intersect; "
+                          "written tensors must be provably disjoint");
         continue;
       }
-      const bool in_place = st == at::MemOverlapStatus::Full && x.index == y.index &&
-                            x.written != y.written;
+      const bool in_place = allow_in_place && st == at::MemOverlapStatus::Full &&
+                            x.index == y.index && x.written != y.written;
       TORCH_CHECK_VALUE(in_place, w.name, "[", w.index, "] and ", o.name, "[", o.index, "] ",
                         st == at::MemOverlapStatus::Full ? "are the same memory"
                                                          : "partially overlap in memory",
-                        "; a written tensor may only alias a read argument of its own index "
-                        "(in place), entirely");
+                        allow_in_place
+                            ? "; a written tensor may only alias a read argument of its own index "
+                              "(in place), entirely"
+                            : "; the written tensors must not share memory with any other argument");
     }
   }
 }

@@ -51,9 +51,13 @@ constexpr int64_t kShiftBlock = 1024;
       for (int64_t i = 0; i < n; ++i)                                                            \
         k::emcl_meta(p[i], pk[i], h[i], a[i], g[i], lam, decay, one_minus_decay, r, 0, alpha0,   \
                      eps);                                                                       \
-    } else {                                                                                     \
+    } else if (lr_mode == 1) {                                                                   \
       for (int64_t i = 0; i < n; ++i)                                                            \
         k::emcl_meta(p[i], pk[i], h[i], a[i], g[i], lam, decay, one_minus_decay, r, 1, alpha0,   \
+                     eps);                                                                       \
+    } else {                                                                                     \
+      for (int64_t i = 0; i < n; ++i)                                                            \
+        k::emcl_meta(p[i], pk[i], h[i], a[i], g[i], lam, decay, one_minus_decay, r, 2, alpha0,   \
                      eps);                                                                       \
     }                                                                                            \
   }                                                                                              \
@@ -87,6 +91,69 @@ constexpr int64_t kShiftBlock = 1024;
 FASTCL_DEFINE_LOOPS(float)
 FASTCL_DEFINE_LOOPS(double)
 #undef FASTCL_DEFINE_LOOPS
+
+// The loops of mlp_prox_steps_. The reductions use `omp simd` (compiled with -fopenmp): without
+// it GCC keeps a float sum in source order, one lane at a time.
+#define FASTCL_DEFINE_MLP_LOOPS(T)                                                               \
+  FASTCL_CLONES void prox_setup_loop(T* p, const T* a, const T* h, T* inv, T prox, int64_t n) {  \
+    for (int64_t i = 0; i < n; ++i) {                                                            \
+      inv[i] = T(1) / (prox * h[i] + T(1));                                                      \
+      p[i] -= a[i];                                                                              \
+    }                                                                                            \
+  }                                                                                              \
+  FASTCL_CLONES void add_loop(T* p, const T* a, int64_t n) {                                     \
+    for (int64_t i = 0; i < n; ++i) p[i] += a[i];                                                \
+  }                                                                                              \
+  FASTCL_CLONES T row_dot(const T* q, const T* a, const T* x, int64_t n) {                       \
+    T acc = 0;                                                                                   \
+    if (a) {                                                                                     \
+      _Pragma("omp simd reduction(+ : acc)") for (int64_t i = 0; i < n; ++i) acc +=              \
+          (q[i] + a[i]) * x[i];                                                                  \
+    } else {                                                                                     \
+      _Pragma("omp simd reduction(+ : acc)") for (int64_t i = 0; i < n; ++i) acc += q[i] * x[i]; \
+    }                                                                                            \
+    return acc;                                                                                  \
+  }                                                                                              \
+  FASTCL_CLONES T row_step_dot(T* q, const T* inv, const T* act, T scale, const T* next,         \
+                               int64_t n) {                                                      \
+    T acc = 0;                                                                                   \
+    if (inv && next) {                                                                           \
+      _Pragma("omp simd reduction(+ : acc)") for (int64_t i = 0; i < n; ++i) {                   \
+        const T v = (q[i] + scale * act[i]) * inv[i];                                            \
+        q[i] = v;                                                                                \
+        acc += v * next[i];                                                                      \
+      }                                                                                          \
+    } else if (inv) {                                                                            \
+      for (int64_t i = 0; i < n; ++i) q[i] = (q[i] + scale * act[i]) * inv[i];                   \
+    } else if (next) {                                                                           \
+      _Pragma("omp simd reduction(+ : acc)") for (int64_t i = 0; i < n; ++i) {                   \
+        const T v = q[i] + scale * act[i];                                                       \
+        q[i] = v;                                                                                \
+        acc += v * next[i];                                                                      \
+      }                                                                                          \
+    } else {                                                                                     \
+      for (int64_t i = 0; i < n; ++i) q[i] += scale * act[i];                                    \
+    }                                                                                            \
+    return acc;                                                                                  \
+  }                                                                                              \
+  FASTCL_CLONES void row_back_step(T* q, const T* a, const T* inv, const T* act, T scale, T d,   \
+                                   T* dprev, int64_t n) {                                        \
+    if (a) {                                                                                     \
+      for (int64_t i = 0; i < n; ++i) {                                                          \
+        dprev[i] += d * (q[i] + a[i]);                                                           \
+        q[i] = (q[i] + scale * act[i]) * inv[i];                                                 \
+      }                                                                                          \
+    } else {                                                                                     \
+      for (int64_t i = 0; i < n; ++i) {                                                          \
+        dprev[i] += d * q[i];                                                                    \
+        q[i] += scale * act[i];                                                                  \
+      }                                                                                          \
+    }                                                                                            \
+  }
+
+FASTCL_DEFINE_MLP_LOOPS(float)
+FASTCL_DEFINE_MLP_LOOPS(double)
+#undef FASTCL_DEFINE_MLP_LOOPS
 
 }  // namespace cpu
 }  // namespace fastcl

@@ -1,5 +1,6 @@
 // CPU kernels of the parameter-update ops: prox_sgd_ / prox_sgd, taylor_importance_,
-// emcl_meta_step_, trajectory_shift_. Every op checks all of its arguments first (a rejected
+// emcl_meta_step_, trajectory_shift_ (mlp_prox_steps_ is in mlp_ops.cpp; the version-counter
+// kernels of all of them are here). Every op checks all of its arguments first (a rejected
 // call writes nothing), then runs one parallel loop over the elements of the whole list.
 // float and double run the ISA-dispatched loops of loops.cpp; half and bfloat16 are stored
 // as such and computed in float.
@@ -297,6 +298,22 @@ void trajectory_shift_(c10::DispatchKeySet ks, at::TensorList phi, at::TensorLis
   if (shift) bump(thetas);  // shift=False only reads thetas
 }
 
+// mlp_prox_steps_ (kernel in csrc/cpu/mlp_ops.cpp) writes params only.
+using MlpProxSteps = void(at::TensorList, const at::Tensor&, const at::Tensor&, OptList, OptList,
+                          double, double);
+void mlp_prox_steps_(c10::DispatchKeySet ks, at::TensorList params, const at::Tensor& x,
+                     const at::Tensor& y, OptList anchors, OptList importance, double lr,
+                     double prox) {
+  static const auto op = handle<MlpProxSteps>("fastcl::mlp_prox_steps_");
+  check_versioned("params", params);
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    op.redispatch(ks & c10::after_ADInplaceOrView_keyset, params, x, y, anchors, importance, lr,
+                  prox);
+  }
+  bump(params);
+}
+
 }  // namespace ad_inplace
 
 TORCH_LIBRARY_IMPL(fastcl, ADInplaceOrView, m) {
@@ -304,6 +321,7 @@ TORCH_LIBRARY_IMPL(fastcl, ADInplaceOrView, m) {
   m.impl("taylor_importance_", TORCH_FN(ad_inplace::taylor_importance_));
   m.impl("emcl_meta_step_", TORCH_FN(ad_inplace::emcl_meta_step_));
   m.impl("trajectory_shift_", TORCH_FN(ad_inplace::trajectory_shift_));
+  m.impl("mlp_prox_steps_", TORCH_FN(ad_inplace::mlp_prox_steps_));
 }
 
 TORCH_LIBRARY_IMPL(fastcl, CPU, m) {

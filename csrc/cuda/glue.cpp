@@ -18,6 +18,7 @@
 #include <cmath>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -209,6 +210,52 @@ void trajectory_shift_(at::TensorList phi, at::TensorList thetas, double meta_lr
   if (shift) unstage(th);  // shift=false reads thetas only (they may be stride-0 views)
 }
 
+// k sequential single-example steps of a ReLU MLP (csrc/cuda/mlp_ops.cu). The label range is
+// read on the host in one synchronisation, as the reference reads it, so that a rejected call
+// writes nothing.
+void mlp_prox_steps_(at::TensorList params, const at::Tensor& x, const at::Tensor& y,
+                     OptList anchors, OptList importance, double lr, double prox) {
+  const int64_t L = check_mlp_prox_steps_args(params, x, y, anchors, importance, lr, prox);
+  check_cuda(params[0], "params[0]");
+  const OnDevice on(params[0]);
+  const int64_t k = x.size(0);
+  if (k == 0) return;
+  {
+    const auto mm = at::aminmax(y);
+    const at::Tensor s = at::stack({std::get<0>(mm), std::get<1>(mm)}).cpu();
+    const int64_t* sp = s.const_data_ptr<int64_t>();
+    check_label_range(sp[0], sp[1], params.back().size(0));
+  }
+  // widths n_0 .. n_L and the workspace of the launcher: 2*(n_1 + ... + n_L) elements
+  std::vector<int64_t> widths{params[0].size(1)};
+  int64_t units = 0;
+  for (int64_t l = 0; l < L; ++l) {
+    widths.push_back(params[2 * l].size(0));
+    units += widths.back();
+  }
+  // Inputs are staged before the written params (checked disjoint from every input).
+  const at::Tensor xc = x.contiguous();
+  const at::Tensor yc = y.contiguous();
+  std::vector<Staged> a, h;
+  if (anchors) {
+    a = stage_all(*anchors);
+    h = stage_all(*importance);
+  }
+  const auto p = stage_all(params);
+  const at::Tensor workspace = at::empty({2 * units}, xc.options());
+  const auto pp = ptrs(p);
+  std::vector<void*> aa, hh;
+  if (anchors) {
+    aa = ptrs(a);
+    hh = ptrs(h);
+  }
+  C10_CUDA_CHECK(launch::mlp_prox_steps(
+      dtype_of(p[0].work.scalar_type()), L, widths.data(), pp.data(), xc.data_ptr(),
+      yc.data_ptr<int64_t>(), k, anchors ? aa.data() : nullptr, anchors ? hh.data() : nullptr, lr,
+      prox, workspace.data_ptr(), on.stream));
+  unstage(p);
+}
+
 // ------------------------------------------------------------------ episodic memory
 // The argument checks are those of the CPU kernels (csrc/cpu/memory_checks.h). Rows are copied
 // as raw bytes, so every dtype of `data` works.
@@ -325,6 +372,7 @@ TORCH_LIBRARY_IMPL(fastcl, CUDA, m) {
   m.impl("taylor_importance_", &taylor_importance_);
   m.impl("emcl_meta_step_", &emcl_meta_step_);
   m.impl("trajectory_shift_", &trajectory_shift_);
+  m.impl("mlp_prox_steps_", &mlp_prox_steps_);
   m.impl("ring_insert_", &ring_insert_);
   m.impl("ring_sample", &ring_sample);
   m.impl("reservoir_insert_", &reservoir_insert_);

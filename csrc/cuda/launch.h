@@ -42,7 +42,7 @@ cudaError_t taylor_importance(DType dtype, int64_t n, const int64_t* numel, void
                               cudaStream_t stream);
 
 // EMCL meta step (Eq. 10, 8, 7, 13): params, importance, meta_lrs updated in place.
-// lr_mode 0: paper, 1: stabilised (see fastcl/ops/reference.py).
+// lr_mode 0: paper, 1: stabilised, 2: inverse (see fastcl/ops/reference.py).
 cudaError_t emcl_meta_step(DType dtype, int64_t n, const int64_t* numel, void* const* params,
                            const void* const* fast_params, void* const* importance,
                            void* const* meta_lrs, const void* const* grads, double lam,
@@ -55,6 +55,24 @@ cudaError_t emcl_meta_step(DType dtype, int64_t n, const int64_t* numel, void* c
 cudaError_t trajectory_shift(DType dtype, int64_t n, const int64_t* numel, const int64_t* learners,
                              void* const* phi, void* const* thetas, double meta_lr, bool shift,
                              cudaStream_t stream);
+
+// ---- MLP inner loop (csrc/cuda/mlp_ops.cu) ----
+
+// mlp_prox_steps_: for i = 0..k-1 in order, the cross-entropy gradient of the ReLU MLP on the
+// single example (x[i], y[i]) at the current params, then the prox_sgd step above with it
+// (sgd when anchors == importance == nullptr) applied to every parameter in place.
+//   dtype: kFloat32 or kFloat64 only (math type = storage type; others: cudaErrorInvalidValue);
+//   widths: n_0 .. n_L (num_layers + 1 entries, host memory), n_L >= 1;
+//   params: 2*num_layers pointers W_1, b_1, ..., W_L, b_L, W_l [n_l, n_(l-1)] row-major, b_l
+//   [n_l]; anchors, importance: the same layout (or both nullptr); x: [k, n_0]; y: [k] labels in
+//   [0, n_L) (checked by the caller). No argument may overlap params.
+//   workspace: 2*(n_1 + ... + n_L) elements of dtype (activations and deltas; no
+//   initialisation needed).
+// 3*num_layers launches per example.
+cudaError_t mlp_prox_steps(DType dtype, int64_t num_layers, const int64_t* widths,
+                           void* const* params, const void* x, const int64_t* y, int64_t k,
+                           const void* const* anchors, const void* const* importance, double lr,
+                           double prox, void* workspace, cudaStream_t stream);
 
 // ---- episodic memory (csrc/cuda/memory_ops.cu) ----
 

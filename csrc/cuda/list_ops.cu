@@ -331,7 +331,7 @@ cudaError_t emcl_meta_step(DType dtype, int64_t n, const int64_t* numel, void* c
                            double decay, double r, int lr_mode, double alpha0, double eps,
                            cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
-  if (lr_mode != 0 && lr_mode != 1) return cudaErrorInvalidValue;
+  if (lr_mode < 0 || lr_mode > 2) return cudaErrorInvalidValue;
   return dispatch(dtype, [&](auto tag) {
     using S = decltype(tag);
     using M = math_t<S>;

@@ -55,7 +55,9 @@ FASTCL_HD void emcl_meta(T& p, T pk, T& h, T& a, T g, T lam, T decay, T one_minu
   const T h_new = taylor(h, g, p, decay, one_minus_decay);
   p = p - a * meta_grad;
   h = h_new;
-  a = lr_mode == 0 ? a * r / (h_new + eps) : alpha0 * clamp_max_one(r / (h_new + eps));
+  const T inverse = r / (h_new + eps);
+  a = lr_mode == 0 ? a * r / (h_new + eps)
+                   : alpha0 * (lr_mode == 1 ? clamp_max_one(inverse) : inverse);
 }
 
 // CTS / Reptile: delta = meta_lr * (mean_T theta - phi).

@@ -6,10 +6,12 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <type_traits>
@@ -186,8 +188,8 @@ void test_list_ops() {
         wh[i] = T::from(k::taylor(T::to(h0[i]), T::to(g0[i]), T::to(p1[i]), M(decay), M(1.0 - decay)));
     expect_close(h.get(), wh, "taylor " + ctx);
 
-    // emcl, both modes
-    for (int mode = 0; mode < 2; ++mode) {
+    // emcl, all three modes
+    for (int mode = 0; mode < 3; ++mode) {
       const auto pb = p.get(), hb = h.get(), ab = al.get();
       CUDA_OK(fc::emcl_meta_step(T::dtype, n, l.numel.data(), P.data(), K.data(), H.data(),
                                  AL.data(), G.data(), 0.5, decay, 0.3, mode, 0.05, 1e-3, 0));
@@ -245,6 +247,144 @@ void test_list_ops() {
     expect_close(phi.get(), wphi, "trajectory_shift phi " + ctx);
     expect_close(th.get(), wth, "trajectory_shift thetas " + ctx);
   }
+}
+
+// ---- MLP inner loop ----
+
+// mlp_prox_steps_ on the host in double, as fastcl/ops/reference.py specifies it: for every
+// example, forward, d_L = softmax - onehot, then per layer from the last d_(l-1) (with W_l
+// before its update) and the prox / SGD step of W_l, b_l. p, a, h: flat lists of 2L tensors at
+// the offsets of `l`; a == h == nullptr: SGD.
+void host_mlp_steps(const std::vector<int64_t>& n, const Layout& l, std::vector<double>& p,
+                    const std::vector<double>* a, const std::vector<double>* h,
+                    const std::vector<double>& x, const std::vector<int64_t>& y, double lr,
+                    double prox) {
+  const size_t L = n.size() - 1;
+  auto W = [&](size_t layer) { return p.data() + l.offset[2 * layer - 2]; };  // layer = 1..L
+  auto B = [&](size_t layer) { return p.data() + l.offset[2 * layer - 1]; };
+  auto step = [&](int64_t t, int64_t e, double g) {
+    double& v = p[l.offset[t] + e];
+    v = a ? k::prox_sgd(v, g, (*a)[l.offset[t] + e], (*h)[l.offset[t] + e], lr, prox)
+          : k::sgd(v, g, lr);
+  };
+  for (size_t i = 0; i < y.size(); ++i) {
+    std::vector<std::vector<double>> act(L + 1), d(L + 1);  // act[0] = x_i, act[L] = logits
+    act[0].assign(x.begin() + i * n[0], x.begin() + (i + 1) * n[0]);
+    for (size_t m = 1; m <= L; ++m) {
+      act[m].resize(n[m]);
+      for (int64_t j = 0; j < n[m]; ++j) {
+        double z = B(m)[j];
+        for (int64_t c = 0; c < n[m - 1]; ++c) z += W(m)[j * n[m - 1] + c] * act[m - 1][c];
+        act[m][j] = (m < L && z < 0) ? 0.0 : z;
+      }
+    }
+    const double mx = *std::max_element(act[L].begin(), act[L].end());
+    double sum = 0;
+    for (const double z : act[L]) sum += std::exp(z - mx);
+    d[L].resize(n[L]);
+    for (int64_t j = 0; j < n[L]; ++j)
+      d[L][j] = std::exp(act[L][j] - mx) / sum - (j == y[i] ? 1.0 : 0.0);
+    for (size_t m = L; m >= 1; --m) {
+      const int64_t rows = n[m], cols = n[m - 1];
+      if (m > 1) {
+        d[m - 1].assign(cols, 0.0);
+        for (int64_t c = 0; c < cols; ++c)
+          if (act[m - 1][c] > 0)
+            for (int64_t j = 0; j < rows; ++j) d[m - 1][c] += W(m)[j * cols + c] * d[m][j];
+      }
+      for (int64_t j = 0; j < rows; ++j) {
+        for (int64_t c = 0; c < cols; ++c) step(2 * m - 2, j * cols + c, d[m][j] * act[m - 1][c]);
+        step(2 * m - 1, j, d[m][j]);
+      }
+    }
+  }
+}
+
+template <typename S>
+void test_mlp_prox_steps() {
+  using T = Traits<S>;
+  // against double on the host: float32 takes the rounding of k sequential steps
+  const double rtol = std::is_same<S, float>::value ? 1e-4 : 1e-10;
+  const double atol = std::is_same<S, float>::value ? 1e-5 : 1e-12;
+  // the small MLP of the spec; a zero-width hidden layer; several blocks per layer and more
+  // columns than threads in a block; more classes than threads (the softmax block loops)
+  const std::vector<std::vector<int64_t>> nets = {
+      {7, 5, 4, 3}, {5, 0, 3}, {300, 70, 33, 10}, {37, 300, 260}};
+  const int64_t ks[] = {4, 2, 3, 2};
+  for (size_t net = 0; net < nets.size(); ++net) {
+    const auto& n = nets[net];
+    const int64_t L = static_cast<int64_t>(n.size()) - 1, kk = ks[net];
+    Layout l;  // W_1, b_1, ..., W_L, b_L back to back
+    int64_t units = 0;
+    for (int64_t m = 1; m <= L; ++m) {
+      for (const int64_t numel : {n[m] * n[m - 1], n[m]}) {
+        l.offset.push_back(l.total);
+        l.numel.push_back(numel);
+        l.total += numel;
+      }
+      units += n[m];
+    }
+    // weights of scale 1/sqrt(fan in), so the logits stay O(1) for every width
+    std::vector<S> p0(l.total), a0(l.total);
+    for (int64_t t = 0; t < 2 * L; ++t) {
+      const double scale = 1.0 / std::sqrt(double(std::max<int64_t>(n[t / 2], 1)));
+      const auto pv = random_vec<S>(l.numel[t], -scale, scale);
+      const auto av = random_vec<S>(l.numel[t], -scale, scale);
+      std::copy(pv.begin(), pv.end(), p0.begin() + l.offset[t]);
+      std::copy(av.begin(), av.end(), a0.begin() + l.offset[t]);
+    }
+    const auto h0 = random_vec<S>(l.total, 0, 3), x = random_vec<S>(kk * n[0], -1, 1);
+    std::vector<int64_t> y(kk);
+    for (auto& v : y) v = rng() % n[L];
+    y[0] = n[L] - 1;  // the last class
+    DeviceBuf<S> da(a0), dh(h0), dx(x);
+    DeviceBuf<int64_t> dy(y);
+    const auto A = pointers(da, l), H = pointers(dh, l);
+    auto to_double = [](const std::vector<S>& v) { return std::vector<double>(v.begin(), v.end()); };
+    const std::vector<double> ad = to_double(a0), hd = to_double(h0), xd = to_double(x);
+
+    for (const bool anchored : {true, false}) {
+      const double lr = 0.3, prox = anchored ? 0.7 : 0.0;
+      DeviceBuf<S> dp(p0);
+      // the workspace needs no initialisation: NaN would show through
+      DeviceBuf<S> ws(std::vector<S>(2 * units, std::numeric_limits<S>::quiet_NaN()));
+      const auto P = pointers(dp, l);
+      CUDA_OK(fc::mlp_prox_steps(T::dtype, L, n.data(), P.data(), dx.ptr, dy.ptr, kk,
+                                 anchored ? A.data() : nullptr, anchored ? H.data() : nullptr,
+                                 lr, prox, ws.ptr, 0));
+      std::vector<double> want = to_double(p0);
+      host_mlp_steps(n, l, want, anchored ? &ad : nullptr, anchored ? &hd : nullptr, xd, y, lr,
+                     prox);
+      const auto got = dp.get();
+      std::string ctx = std::string(T::name()) + " widths";
+      for (const int64_t w : n) ctx += " " + std::to_string(w);
+      ctx += anchored ? " prox" : " sgd";
+      int bad = 0;
+      for (int64_t e = 0; e < l.total && bad < 5; ++e) {
+        if (!fastcl_test::close(double(got[e]), want[e], rtol, atol)) {
+          ++bad;
+          FASTCL_CHECK_CLOSE(double(got[e]), want[e], rtol, atol) << ctx << "element" << e;
+        }
+      }
+      FASTCL_CHECK(bad == 0) << "mlp_prox_steps " << ctx;
+    }
+  }
+
+  // nothing to do, and rejected calls: nothing written
+  const std::vector<int64_t> n = {2, 3};
+  const std::vector<S> w0 = random_vec<S>(6, -1, 1), b0 = random_vec<S>(3, -1, 1);
+  DeviceBuf<S> w(w0), b(b0), x{std::vector<S>(2)}, ws{std::vector<S>(6)};
+  DeviceBuf<int64_t> y{std::vector<int64_t>(1)};
+  void* P[2] = {w.ptr, b.ptr};
+  const void* A[2] = {w0.data(), b0.data()};  // never read
+  FASTCL_CHECK(fc::mlp_prox_steps(T::dtype, 1, n.data(), P, x.ptr, y.ptr, 0, nullptr, nullptr,
+                                  0.1, 0.0, ws.ptr, 0) == cudaSuccess) << "k = 0";
+  FASTCL_CHECK(fc::mlp_prox_steps(fc::DType::kFloat16, 1, n.data(), P, x.ptr, y.ptr, 1, nullptr,
+                                  nullptr, 0.1, 0.0, ws.ptr, 0) == cudaErrorInvalidValue)
+      << "float16";
+  FASTCL_CHECK(fc::mlp_prox_steps(T::dtype, 1, n.data(), P, x.ptr, y.ptr, 1, A, nullptr, 0.1,
+                                  0.0, ws.ptr, 0) == cudaErrorInvalidValue) << "anchors alone";
+  FASTCL_CHECK(w.get() == w0 && b.get() == b0) << "mlp_prox_steps wrote on a call with no work";
 }
 
 // ---- memory ops ----
@@ -370,6 +510,8 @@ int main() {
   test_list_ops<double>();
   test_list_ops<__half>();
   test_list_ops<__nv_bfloat16>();
+  test_mlp_prox_steps<float>();
+  test_mlp_prox_steps<double>();
   test_ring_insert();
   test_ring_sample();
   test_reservoir_insert();

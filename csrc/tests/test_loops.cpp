@@ -65,7 +65,7 @@ void test_elementwise(const char* type) {
       FASTCL_CHECK_CLOSE(hh[i], k::taylor(h[i], g[i], p[i], decay, omd), tol<T>(), tol<T>())
           << "taylor" << ctx << "i" << i;
 
-    for (int mode = 0; mode < 2; ++mode) {
+    for (int mode = 0; mode < 3; ++mode) {
       std::vector<T> p2 = p, h2 = h, a2 = al;
       const T lam = T(0.5), r = T(0.3), alpha0 = T(0.05), eps = T(1e-3);
       cpu::emcl_meta_loop(p2.data(), pk.data(), h2.data(), a2.data(), g.data(), lam, decay, omd, r,
@@ -117,6 +117,64 @@ void test_shift(const char* type) {
   }
 }
 
+// The row loops of mlp_prox_steps_ against their scalar definitions (loops.h). The dot products
+// are vectorised reductions (another summation order): compared to n ulps of the sum of |terms|.
+template <typename T>
+void test_mlp_rows(const char* type) {
+  for (const int64_t n : kLengths) {
+    const auto q0 = random_vec<T>(n, -2, 2), a = random_vec<T>(n, -2, 2), h = random_vec<T>(n, 0, 3);
+    const auto act = random_vec<T>(n, -1, 1), next = random_vec<T>(n, -1, 1);
+    const auto inv = random_vec<T>(n, 0.2, 1);
+    const T prox = T(0.7), scale = T(-0.15), d = T(0.4);
+    const double eps = std::is_same<T, float>::value ? 6e-8 : 1.2e-16;
+    const std::string ctx = std::string(type) + " n=" + std::to_string(n);
+
+    std::vector<T> p = q0, iv(n);
+    cpu::prox_setup_loop(p.data(), a.data(), h.data(), iv.data(), prox, n);
+    for (int64_t i = 0; i < n; ++i) {
+      FASTCL_CHECK_CLOSE(iv[i], T(1) / (prox * h[i] + T(1)), tol<T>(), tol<T>()) << "inv" << ctx;
+      FASTCL_CHECK_CLOSE(p[i], q0[i] - a[i], tol<T>(), tol<T>()) << "p - a" << ctx;
+    }
+    cpu::add_loop(p.data(), a.data(), n);
+    for (int64_t i = 0; i < n; ++i) FASTCL_CHECK_CLOSE(p[i], q0[i], tol<T>(), tol<T>()) << "p + a" << ctx;
+
+    double want = 0, mag = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      want += (double(q0[i]) + a[i]) * next[i];
+      mag += std::fabs((double(q0[i]) + a[i]) * next[i]);
+    }
+    FASTCL_CHECK_CLOSE(cpu::row_dot(q0.data(), a.data(), next.data(), n), want, 0, 4 * n * eps * (mag + 1))
+        << "row_dot with anchors" << ctx;
+
+    for (const bool with_inv : {true, false}) {
+      for (const bool with_next : {true, false}) {
+        std::vector<T> q = q0;
+        const T got = cpu::row_step_dot(q.data(), with_inv ? inv.data() : nullptr, act.data(), scale,
+                                        with_next ? next.data() : nullptr, n);
+        double dot = 0, dmag = 0;
+        for (int64_t i = 0; i < n; ++i) {
+          const T v = with_inv ? T((q0[i] + scale * act[i]) * inv[i]) : T(q0[i] + scale * act[i]);
+          FASTCL_CHECK_CLOSE(q[i], v, tol<T>(), tol<T>()) << "row_step_dot q" << ctx << with_inv;
+          dot += double(v) * next[i];
+          dmag += std::fabs(double(v) * next[i]);
+        }
+        FASTCL_CHECK_CLOSE(got, with_next ? dot : 0.0, 0, 4 * n * eps * (dmag + 1))
+            << "row_step_dot dot" << ctx << with_inv << with_next;
+      }
+      std::vector<T> q = q0, dprev = random_vec<T>(n, -1, 1);
+      const std::vector<T> dprev0 = dprev;
+      cpu::row_back_step(q.data(), with_inv ? a.data() : nullptr, with_inv ? inv.data() : nullptr,
+                         act.data(), scale, d, dprev.data(), n);
+      for (int64_t i = 0; i < n; ++i) {
+        const T w = with_inv ? T(q0[i] + a[i]) : q0[i];
+        FASTCL_CHECK_CLOSE(dprev[i], dprev0[i] + d * w, tol<T>(), tol<T>()) << "row_back_step dprev" << ctx;
+        const T v = with_inv ? T((q0[i] + scale * act[i]) * inv[i]) : T(q0[i] + scale * act[i]);
+        FASTCL_CHECK_CLOSE(q[i], v, tol<T>(), tol<T>()) << "row_back_step q" << ctx;
+      }
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -127,5 +185,7 @@ int main() {
   test_elementwise<double>("double");
   test_shift<float>("float");
   test_shift<double>("double");
+  test_mlp_rows<float>("float");
+  test_mlp_rows<double>("double");
   return fastcl_test::report("cpu loops (csrc/cpu/loops.cpp)");
 }

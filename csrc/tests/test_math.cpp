@@ -96,14 +96,16 @@ Emcl emcl_reference(double p, double pk, double h, double a, double g, double la
   const double h_new = decay * h + (1 - decay) * std::fabs(g * p);
   const double q = r / (h_new + eps);
   // torch.clamp(q, max=1) propagates nan.
-  const double a_new = mode == 0 ? a * r / (h_new + eps) : alpha0 * (std::isnan(q) ? q : std::min(q, 1.0));
+  const double a_new = mode == 0   ? a * r / (h_new + eps)
+                       : mode == 1 ? alpha0 * (std::isnan(q) ? q : std::min(q, 1.0))
+                                   : alpha0 * q;
   return {p_new, h_new, a_new};
 }
 
 template <typename T>
 void test_emcl_meta() {
   const double tol = std::is_same<T, float>::value ? 2e-6 : 1e-13;
-  for (int mode = 0; mode < 2; ++mode) {
+  for (int mode = 0; mode < 3; ++mode) {
     for (int it = 0; it < 2000; ++it) {
       const double p = uniform(-2, 2), pk = uniform(-2, 2), h = uniform(0, 3), a = uniform(0, 1);
       const double g = uniform(-2, 2), lam = uniform(0, 2), decay = uniform(0, 1);
@@ -139,8 +141,11 @@ void test_emcl_meta() {
     p = 1, h = 0, a = 0.5;
     k::emcl_meta<T>(p, T(1), h, a, T(0), T(1), T(0.5), T(0.5), T(0), 0, T(0.1), T(0));
     FASTCL_CHECK(std::isnan(a)) << "paper mode, r = 0, h_new = 0 (0/0): alpha =" << a;
+    p = 1, h = 0, a = 0.5;
+    k::emcl_meta<T>(p, T(1), h, a, T(0), T(1), T(0.5), T(0.5), T(2), 2, T(0.1), T(0));
+    FASTCL_CHECK(a == inf) << "inverse mode, h_new = 0: alpha =" << a;
   }
-  for (int mode = 0; mode < 2; ++mode) {
+  for (int mode = 0; mode < 3; ++mode) {
     T p = 1, h = nan, a = 0.5;
     k::emcl_meta<T>(p, T(0.5), h, a, T(1), T(1), T(0.5), T(0.5), T(1), mode, T(0.1), T(1e-3));
     FASTCL_CHECK(std::isnan(p) && std::isnan(h) && std::isnan(a))

@@ -7,8 +7,11 @@ replay batch from the reservoir memory, so that ``L_t`` covers the tasks seen so
 1. ``g = dL_t(theta_0; b) / dtheta_0``, the gradient the importance is estimated from (Eq. 13);
 2. inner loop from ``theta_0`` over the ``k = |b|`` single examples of ``b``: a gradient step of
    rate beta (Eq. 16) followed by the closed-form proximal step toward ``theta_0`` (Eq. 21),
-   ``theta <- (theta - beta*grad + gamma*lambda*h*theta_0) / (gamma*lambda*h + 1)``, in one fused
-   call (:func:`fastcl.ops.prox_sgd_`);
+   ``theta <- (theta - beta*grad + gamma*lambda*h*theta_0) / (gamma*lambda*h + 1)``. On a plain
+   ReLU MLP the whole loop (k gradients and k steps) is one fused call
+   (:func:`fastcl.ops.mlp_prox_steps_`); on other models (or ``fused_inner=False``) each
+   step's gradient comes from autograd (or :func:`~fastcl.algorithms.lamaml.mlp_grads`) and
+   the step is one fused :func:`fastcl.ops.prox_sgd_` call;
 3. meta update in one fused call (:func:`fastcl.ops.emcl_meta_step_`): the closed-form
    meta-gradient ``lambda*h*(theta_0 - theta_k)`` (Eq. 10) applied with the per-parameter rates
    alpha, the importance ``h <- eta*h + (1-eta)*|g*theta_0|`` (Eq. 7, 13), and the rates of
@@ -24,7 +27,7 @@ Choices the paper leaves open (named so they can be changed):
   every parameter, and the importance acts through the proximal inner loop (Eq. 6, 21), which
   keeps theta_k of important parameters near theta_0. Default ``"inverse"``:
   ``alpha = alpha0 * r / (h + eps)``, Eq. 8 from alpha_0 at every step (no compounding, no cap),
-  applied by foreach ops after the fused step. ``"paper"``: Eq. 8 as printed,
+  mode 2 of the fused op. ``"paper"``: Eq. 8 as printed,
   ``alpha <- alpha*r/h``, which compounds (alpha carries prod(r/h) and collapses or explodes).
   ``"stabilised"`` (the default before v2): ``alpha = alpha0 * min(1, r/h)``; the cap keeps the
   h of Eq. 10 for h < r, so parameters that were never important hardly move in the meta update
@@ -71,8 +74,9 @@ from .lamaml import ReplayMetaConfig, ReplayMetaLearner, _check_positive, is_pla
 __all__ = ["EMCL", "EMCLConfig", "EMCL_VARIANTS"]
 
 EMCL_VARIANTS = ("emcl", "nopgd", "lr", "si")
-#: Eq. 8 readings: the two modes of the fused op, and "inverse", ``alpha = alpha0 * r / (h + eps)``
-#: (Eq. 8 from alpha_0 at every step: no compounding and no cap), applied after the fused step.
+#: Eq. 8 readings, the modes of the fused op (:data:`fastcl.ops.LR_MODES`): "inverse",
+#: ``alpha = alpha0 * r / (h + eps)`` (Eq. 8 from alpha_0 at every step: no compounding, no cap),
+#: "paper" (as printed, compounding) and "stabilised" (capped at alpha_0).
 LR_MODES = ("stabilised", "paper", "inverse")
 
 
@@ -99,6 +103,10 @@ class EMCLConfig(ReplayMetaConfig):
         variant: "emcl", or an ablation: "nopgd", "lr", "si".
         inner_replay: run the inner loop over the meta batch (incoming + replay, True) or over
             the incoming batch only (False; replay then only enters the importance).
+        fused_inner: on a plain ReLU MLP (single head, float32 / float64), run the inner loop
+            as one :func:`fastcl.ops.mlp_prox_steps_` call (True); False: per-example gradients
+            by hand and one :func:`fastcl.ops.prox_sgd_` call per step (the same numbers to
+            float rounding; kept for the speed comparison).
         reference: run on the pure-PyTorch references of the fused ops.
     """
 
@@ -113,6 +121,7 @@ class EMCLConfig(ReplayMetaConfig):
     importance_norm: bool = False
     variant: str = "emcl"
     inner_replay: bool = True
+    fused_inner: bool = True
     reference: bool = False
     lr: float = 0.0  # unused: beta and alpha are the learning rates
 
@@ -142,12 +151,15 @@ class EMCL(ReplayMetaLearner):
         config = config or EMCLConfig()
         super().__init__(model, num_classes, input_shape, config, task_classes)
         self.ops = reference if config.reference else ops
-        self.lr_mode = reference.LR_MODES.get(config.lr_mode, 1)  # "inverse" overwrites the op's rates
+        self.lr_mode = reference.LR_MODES[config.lr_mode]
         self.importance = [torch.zeros_like(p) for p in self.params]
         self.meta_lrs = [torch.full_like(p, config.alpha0) for p in self.params]
         self.fast_model = copy.deepcopy(model)
         self.fast = [p for p in self.fast_model.parameters() if p.requires_grad]
         self.by_hand = is_plain_mlp(model)  # MLP gradients by hand (fastcl.algorithms.lamaml.mlp_grads)
+        # the whole inner loop in one fused call (single head: the op has no logit mask)
+        self.fused_inner = (config.fused_inner and self.by_hand and self.mask_table is None
+                            and self.params[0].dtype in (torch.float32, torch.float64))
         # reused buffers: the inner-step gradients, the importance gradient and |g*theta| (no page
         # faults from fresh parameter-sized tensors at every step)
         self._inner_grads = [torch.empty_like(p) for p in self.params]
@@ -188,6 +200,10 @@ class EMCL(ReplayMetaLearner):
         cfg, fast = self.config, self.fast
         with torch.no_grad():
             torch._foreach_copy_(fast, self.params)
+            if self.fused_inner and cfg.variant in ("emcl", "si"):  # Eq. 16 + 21, all k steps
+                self.ops.mlp_prox_steps_(fast, bx, by, self.params, self.importance, cfg.beta,
+                                         cfg.gamma * cfg.lam)
+                return
         for i in range(bx.shape[0]):
             t = btasks if isinstance(btasks, int) else btasks[i:i + 1]
             _, grads = self.grads(self.fast_model, fast, bx[i:i + 1], by[i:i + 1], t, need_loss=False,
@@ -212,8 +228,6 @@ class EMCL(ReplayMetaLearner):
             if cfg.variant != "si":
                 self.ops.emcl_meta_step_(self.params, self.fast, self.importance, self.meta_lrs, grads, cfg.lam,
                                          cfg.eta, cfg.r, self.lr_mode, cfg.alpha0, cfg.eps)
-                if cfg.lr_mode == "inverse":
-                    self._inverse_rates_()
                 return
             # EMCL-SI: Omega = |g * delta|, delta = theta_k - theta_0 (the update), same order as above
             delta = torch._foreach_sub(self.fast, self.params)
@@ -222,26 +236,16 @@ class EMCL(ReplayMetaLearner):
             if cfg.importance_norm:  # Omega normalised per tensor, as for EMCL
                 self._normalise_(grads, delta)
             self.ops.taylor_importance_(self.importance, grads, delta, cfg.eta)
-            h = torch._foreach_add(self.importance, cfg.eps)
-            if cfg.lr_mode == "inverse":
-                self._inverse_rates_()
-            elif self.lr_mode == 0:
-                torch._foreach_div_(self.meta_lrs, h)
-                torch._foreach_mul_(self.meta_lrs, cfg.r)
-            else:
-                rates = torch._foreach_reciprocal(h)
-                torch._foreach_mul_(rates, cfg.r)
-                torch._foreach_clamp_max_(rates, 1.0)
-                torch._foreach_mul_(rates, cfg.alpha0)
-                torch._foreach_copy_(self.meta_lrs, rates)
-
-    def _inverse_rates_(self) -> None:
-        """``alpha = alpha0 * r / (h + eps)`` (lr_mode "inverse")."""
-        cfg, a = self.config, self.meta_lrs
-        torch._foreach_copy_(a, self.importance)
-        torch._foreach_add_(a, cfg.eps)
-        torch._foreach_reciprocal_(a)
-        torch._foreach_mul_(a, cfg.alpha0 * cfg.r)
+            inverse = torch._foreach_add(self.importance, cfg.eps)  # r / (h + eps), Eq. 8
+            torch._foreach_reciprocal_(inverse)
+            torch._foreach_mul_(inverse, cfg.r)
+            if self.lr_mode == 0:  # paper: alpha * r / (h + eps)
+                torch._foreach_mul_(self.meta_lrs, inverse)
+                return
+            if self.lr_mode == 1:  # stabilised: capped at alpha0
+                torch._foreach_clamp_max_(inverse, 1.0)
+            torch._foreach_mul_(inverse, cfg.alpha0)
+            torch._foreach_copy_(self.meta_lrs, inverse)
 
     def meta_update(self, x, y, task, bx, by, btasks) -> float:
         loss, grads = self.importance_grads(bx, by, btasks)

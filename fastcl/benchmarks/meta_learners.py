@@ -2,7 +2,10 @@
 
 The MNIST Permutations setting of EMCL / La-MAML: MLP 784-100-100-10, batches of 10 from the
 stream, 5 glances, a reservoir memory of 200 and 10 replayed examples per meta-update. Cases:
-EMCL on the fused ops, the same EMCL on the pure-PyTorch references (``reference=True``),
+EMCL on the fused ops (the inner loop of each glance one ``mlp_prox_steps_`` call), the same
+EMCL with one fused ``prox_sgd_`` call per inner step after by-hand gradients
+(``fused_inner=False``, the default before the fused inner loop), the same EMCL on the
+pure-PyTorch references (``reference=True``),
 the fused EMCL with its inner loop on the 10 incoming examples only (``inner_replay=False``; the
 default runs it on the 20 of batch + replay), fastcl's La-MAML first and second order, and ER on the same model (one SGD step on
 batch + replay per incoming batch, no glances) as the floor. Each learner first trains on
@@ -10,6 +13,14 @@ batch + replay per incoming batch, no glances) as the floor. Each learner first 
 the cases are interleaved over ``repeats`` rounds and the median taken. The public La-MAML code
 is not run here (it is not a dependency); the issue quotes its throughput on this machine
 (313 examples/s first order, 226 second order, 5 glances, memory 200) for comparison.
+
+:func:`run_inner_loop` times one glance's inner loop alone (k = 20 single-example steps of
+batch + replay on the same MLP, Table II's beta = 0.15 and gamma*lambda = 3) in the ways it
+can be written: the fused ``mlp_prox_steps_``; per step, by-hand gradients
+(:func:`~fastcl.algorithms.lamaml.mlp_grads` into reused buffers) and a fused ``prox_sgd_``;
+the same with the prox written as ``torch._foreach_*`` ops; per step, autograd gradients and a
+fused ``prox_sgd_``; and the reference (autograd, ``reference.prox_sgd_``). Calls are
+interleaved in rounds and the median per call taken.
 """
 
 from __future__ import annotations
@@ -20,11 +31,15 @@ from typing import Callable
 
 import torch
 
+from .. import ops
 from ..algorithms import EMCL, EMCLConfig, LaMAML, LaMAMLConfig
+from ..algorithms.lamaml import mlp_grads
 from ..data.streams import permuted_mnist
 from ..models import MLP
+from ..ops import reference
 
-__all__ = ["CASES", "make_learner", "time_per_batch", "run", "add_arguments", "main"]
+__all__ = ["CASES", "INNER_LOOPS", "make_learner", "time_per_batch", "run", "run_inner_loop", "add_arguments",
+           "main"]
 
 #: the quoted throughput of the public La-MAML code on this machine (examples/s; EMCL issue)
 PUBLIC_LAMAML = {"first order": 313.0, "second order": 226.0}
@@ -41,6 +56,8 @@ class _ReplayER(LaMAML):
 
 CASES: dict[str, Callable[[torch.nn.Module, int], object]] = {
     "EMCL fused": lambda m, g: EMCL(m, 10, (784,), EMCLConfig(glances=g)),
+    "EMCL fused, per-step inner loop (by-hand gradients + prox_sgd_)": lambda m, g: EMCL(
+        m, 10, (784,), EMCLConfig(glances=g, fused_inner=False)),
     "EMCL reference": lambda m, g: EMCL(m, 10, (784,), EMCLConfig(glances=g, reference=True)),
     "EMCL fused, inner loop on the 10 incoming": lambda m, g: EMCL(m, 10, (784,),
                                                                     EMCLConfig(glances=g, inner_replay=False)),
@@ -92,14 +109,100 @@ def run(batches: int = 40, warmup: int = 25, glances: int = 5, threads: int = 1,
     return {"seconds_per_batch": med, "all": times, "threads": threads, "glances": glances, "batches": batches}
 
 
+def _per_step(grad_fn, step_fn):
+    def inner(model, p, x, y, a, h, lr, prox, bufs):
+        for i in range(x.shape[0]):
+            step_fn(p, grad_fn(model, p, x[i:i + 1], y[i:i + 1], bufs), a, h, lr, prox)
+    return inner
+
+
+def _by_hand(model, p, x, y, bufs):
+    return mlp_grads(model, p, x, y, None, False, bufs)[1]
+
+
+def _autograd(model, p, x, y, bufs):
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_(True) for t in p]
+        return list(torch.autograd.grad(torch.nn.functional.cross_entropy(reference.mlp_forward(leaves, x), y), leaves))
+
+
+def _foreach_prox(p, g, a, h, lr, prox):
+    """(p - lr*g + c*a) / (c + 1), c = prox*h, in foreach ops."""
+    c = torch._foreach_mul(h, prox)
+    num = torch._foreach_add(p, g, alpha=-lr)
+    torch._foreach_addcmul_(num, c, a)
+    torch._foreach_add_(c, 1.0)
+    torch._foreach_div_(num, c)
+    torch._foreach_copy_(p, num)
+
+
+#: one glance's inner loop, written several ways: (model, params, x, y, anchors, importance, lr, prox, buffers)
+INNER_LOOPS: dict[str, Callable] = {
+    "fused mlp_prox_steps_ (one call)": lambda m, p, x, y, a, h, lr, prox, bufs: ops.mlp_prox_steps_(
+        p, x, y, a, h, lr, prox),
+    "per step: by-hand gradients + fused prox_sgd_": _per_step(_by_hand, ops.prox_sgd_),
+    "per step: by-hand gradients + foreach prox": _per_step(_by_hand, _foreach_prox),
+    "per step: autograd gradients + fused prox_sgd_": _per_step(_autograd, ops.prox_sgd_),
+    "reference (autograd + reference.prox_sgd_)": lambda m, p, x, y, a, h, lr, prox, bufs: reference.mlp_prox_steps_(
+        p, x, y, a, h, lr, prox),
+}
+
+
+def run_inner_loop(k: int = 20, threads: int = 1, rounds: int = 7, calls: int = 5, cases=None, log=print) -> dict:
+    """Median seconds per inner loop (k steps) of each way in :data:`INNER_LOOPS`; prints a
+    markdown table with the ratios to the fused op."""
+    torch.set_num_threads(threads)
+    cases = list(cases or INNER_LOOPS)
+    torch.manual_seed(0)
+    model = MLP((784, 100, 100, 10))
+    theta0 = [t.detach().clone() for t in model.parameters()]
+    # importance of the size Eq. 13 gives this MLP (~1e-6 .. 1e-3) would make the prox a no-op
+    # numerically; a uniform h in [0, 1) makes every term count, at the same cost
+    importance = [torch.rand_like(t) for t in theta0]
+    task = permuted_mnist(num_tasks=1, per_task=k, seed=0)[0]
+    x, y = task.x_train[:k].reshape(k, 784), task.y_train[:k]
+    lr, prox = 0.15, 3.0
+    states = {name: [t.clone() for t in theta0] for name in cases}
+    bufs = {name: [torch.empty_like(t) for t in theta0] for name in cases}
+    results = {}
+    for name in cases:  # every way computes the same steps (checked once, from theta0)
+        INNER_LOOPS[name](model, states[name], x, y, theta0, importance, lr, prox, bufs[name])
+        results[name] = [t.clone() for t in states[name]]
+    for name in cases:
+        for got, want in zip(results[name], results[cases[0]]):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=f"{name} computes other steps")
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name in cases:
+            p = states[name]
+            begin = time.perf_counter()
+            for _ in range(calls):
+                torch._foreach_copy_(p, theta0)  # every call starts at theta0, as in EMCL
+                INNER_LOOPS[name](model, p, x, y, theta0, importance, lr, prox, bufs[name])
+            times[name].append((time.perf_counter() - begin) / calls)
+    med = {name: sorted(v)[len(v) // 2] for name, v in times.items()}
+    fused = med[cases[0]]
+    lines = [f"EMCL inner loop alone: MLP 784-100-100-10, k = {k} single-example steps, beta 0.15, "
+             f"gamma*lambda 3; {threads} thread(s), median of {rounds} rounds x {calls} calls", "",
+             "| inner loop | us / loop | us / step | time vs fused |", "|---|---:|---:|---:|"]
+    for name, sec in med.items():
+        lines.append(f"| {name} | {sec * 1e6:,.0f} | {sec / k * 1e6:,.1f} | {sec / fused:.2f}x |")
+    log("\n".join(lines))
+    return {"seconds_per_loop": med, "all": times, "threads": threads, "k": k}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batches", type=int, default=40, help="timed incoming batches per run")
     p.add_argument("--warmup", type=int, default=25, help="untimed batches first (fills the memory)")
     p.add_argument("--glances", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--inner-only", action="store_true", help="only the inner-loop table (fast)")
 
 
 def main(args: argparse.Namespace) -> int:
-    run(args.batches, args.warmup, args.glances, args.threads, args.repeats)
+    run_inner_loop(threads=args.threads)
+    if not args.inner_only:
+        print()
+        run(args.batches, args.warmup, args.glances, args.threads, args.repeats)
     return 0

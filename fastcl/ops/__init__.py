@@ -30,6 +30,7 @@ __all__ = [
     "taylor_importance_",
     "emcl_meta_step_",
     "trajectory_shift_",
+    "mlp_prox_steps_",
     "ring_insert_",
     "ring_sample",
     "ring_sample_rows",
@@ -47,7 +48,7 @@ if HAVE_EXT:
 def _lr_mode(lr_mode):
     if isinstance(lr_mode, str):
         if lr_mode not in LR_MODES:
-            raise ValueError(f"lr_mode must be 0 (paper) or 1 (stabilised), got {lr_mode!r}")
+            raise ValueError(f"lr_mode must be 0 (paper), 1 (stabilised) or 2 (inverse), got {lr_mode!r}")
         return LR_MODES[lr_mode]
     return lr_mode
 
@@ -110,9 +111,9 @@ def taylor_importance_(importance: Sequence[Tensor], grads: Sequence[Tensor], pa
 
 def emcl_meta_step_(params, fast_params, importance, meta_lrs, grads, lam: float, decay: float, r: float,
                     lr_mode: int | str = 0, alpha0: float = 0.0, eps: float = 0.0) -> None:
-    """Fused EMCL meta step (Eq. 10, 8, 7, 13); ``lr_mode`` 0/"paper" or 1/"stabilised".
+    """Fused EMCL meta step (Eq. 10, 8, 7, 13); ``lr_mode`` 0/"paper", 1/"stabilised" or 2/"inverse".
 
-    See :func:`reference.emcl_meta_step_` for the exact per-element order and the two modes.
+    See :func:`reference.emcl_meta_step_` for the exact per-element order and the three modes.
     """
     lr_mode = _lr_mode(lr_mode)
     if not _dispatchable((params, fast_params, importance, meta_lrs, grads), (lam, decay, r, alpha0, eps),
@@ -127,6 +128,16 @@ def trajectory_shift_(phi: Sequence[Tensor], thetas: Sequence[Tensor], meta_lr: 
     if not _dispatchable((phi, thetas), (meta_lr,), (), (shift,), functorch_rule=True):
         return reference.trajectory_shift_(phi, thetas, meta_lr, shift)
     _ops.trajectory_shift_(phi, thetas, meta_lr, shift)
+
+
+def mlp_prox_steps_(params: Sequence[Tensor], x: Tensor, y: Tensor, anchors: Optional[Sequence[Tensor]],
+                    importance: Optional[Sequence[Tensor]], lr: float, prox: float = 0.0) -> None:
+    """Fused EMCL inner loop of a ReLU MLP in place: one proximal SGD step per example of ``x``
+    (Algorithm 1, Eq. 16, 21); see :func:`reference.mlp_prox_steps_`."""
+    if not (_dispatchable((params,), (lr, prox), optional=(anchors, importance))
+            and isinstance(x, Tensor) and isinstance(y, Tensor)):
+        return reference.mlp_prox_steps_(params, x, y, anchors, importance, lr, prox)
+    _ops.mlp_prox_steps_(params, x, y, anchors, importance, lr, prox)
 
 
 def ring_insert_(data: Tensor, counts: Tensor, x: Tensor, y: Tensor, task: int) -> None:

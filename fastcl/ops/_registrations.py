@@ -48,6 +48,12 @@ def _shift_fake(phi, thetas, meta_lr, shift):
     return None
 
 
+@register_fake("fastcl::mlp_prox_steps_")
+def _mlp_prox_steps_fake(params, x, y, anchors, importance, lr, prox):
+    reference._check_mlp_prox_steps(params, x, y, anchors, importance, lr, prox)
+    return None
+
+
 @register_fake("fastcl::ring_insert_")
 def _ring_insert_fake(data, counts, x, y, task):
     return None

@@ -30,6 +30,7 @@ __all__ = [
     "taylor_importance_",
     "emcl_meta_step_",
     "trajectory_shift_",
+    "mlp_prox_steps_",
     "ring_insert_",
     "ring_sample",
     "ring_sample_rows",
@@ -38,7 +39,7 @@ __all__ = [
 ]
 
 #: ``emcl_meta_step_`` learning-rate modes (the op takes the integer).
-LR_MODES = {"paper": 0, "stabilised": 1}
+LR_MODES = {"paper": 0, "stabilised": 1, "inverse": 2}
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -140,7 +141,7 @@ def _check_versioned(written):
                                  "outside InferenceMode is not allowed (clone it outside InferenceMode first)")
 
 
-def _check_aliasing(written, read=()):
+def _check_aliasing(written, read=(), in_place: bool = True):
     """Memory aliasing of one call's tensors (``written`` / ``read``: (name, list) pairs).
 
     A written tensor may be the very same memory as a *read* argument of its own index (an
@@ -151,6 +152,8 @@ def _check_aliasing(written, read=()):
     contiguous block ("too hard" to compare) are accepted against read tensors, and rejected
     against written ones whose byte range they intersect. Called on real tensors only (it reads
     data pointers), so not from the fake kernels, and skipped while torch.compile traces.
+    ``in_place=False`` (ops that read their inputs at several steps while writing) rejects the
+    in-place exception and strided intersections with read tensors too.
     """
     if torch.compiler.is_compiling():
         return  # data pointers and inference-ness are run-time facts: checked in eager only
@@ -182,13 +185,16 @@ def _check_aliasing(written, read=()):
             if not xw:  # name the written tensor first
                 xname, xi, yname, yi, xw, yw = yname, yi, xname, xi, yw, xw
             if status == "too hard":
-                if xw and yw:
+                if (xw and yw) or not in_place:
                     raise ValueError(f"{xname}[{xi}] and {yname}[{yi}] are strided views of one storage whose "
                                      "byte ranges intersect; written tensors must be provably disjoint")
                 continue
-            if status == "full" and xi == yi and xw != yw:
+            if in_place and status == "full" and xi == yi and xw != yw:
                 continue
             what = "are the same memory" if status == "full" else "partially overlap in memory"
+            if not in_place:
+                raise ValueError(f"{xname}[{xi}] and {yname}[{yi}] {what}; the written tensors must not share "
+                                 "memory with any other argument")
             raise ValueError(f"{xname}[{xi}] and {yname}[{yi}] {what}; a written tensor may only alias a "
                              "read argument of its own index (in place), entirely")
 
@@ -222,8 +228,8 @@ def _check_taylor(importance, grads, params, decay):
 
 
 def _check_lr_mode(lr_mode):
-    if isinstance(lr_mode, bool) or not isinstance(lr_mode, int) or lr_mode not in (0, 1):
-        raise ValueError(f"lr_mode must be 0 (paper) or 1 (stabilised), got {lr_mode!r}")
+    if isinstance(lr_mode, bool) or not isinstance(lr_mode, int) or lr_mode not in (0, 1, 2):
+        raise ValueError(f"lr_mode must be 0 (paper), 1 (stabilised) or 2 (inverse), got {lr_mode!r}")
     return int(lr_mode)
 
 
@@ -353,10 +359,10 @@ def emcl_meta_step_(params, fast_params, importance, meta_lrs, grads, lam: float
          parameters move less) but does not compound, so it is bounded by ``alpha0`` and by
          ``alpha0 * r / h``; unimportant parameters (h <= r) keep the initial rate alpha0.
 
-       The EMCL learner's default reading (``lr_mode="inverse"`` of
-       :class:`fastcl.algorithms.EMCLConfig`, ``alpha = alpha0 * r / (h_new + eps)``, uncapped, so
-       that ``alpha * lam * h`` at the next step is ``alpha0 * r * lam`` for every element) is
-       not a mode of this op: the learner overwrites ``meta_lrs`` after it.
+       * ``lr_mode=2`` ("inverse", the EMCL learner's default reading):
+         ``alpha <- alpha0 * (r / (h_new + eps))``, uncapped and not compounding, so that
+         ``alpha * lam * h`` at the next step is ``alpha0 * r * lam`` for every element (up to
+         ``h / (h + eps)``): Eq. 8 cancels the h of Eq. 10.
 
     Args:
         params: theta_0 (meta parameters), updated in place.
@@ -367,8 +373,8 @@ def emcl_meta_step_(params, fast_params, importance, meta_lrs, grads, lam: float
         lam: lambda (inner regularisation), >= 0.
         decay: eta, in [0, 1].
         r: learning-rate scale factor, >= 0.
-        lr_mode: 0 (paper) or 1 (stabilised); see :data:`LR_MODES`.
-        alpha0: initial meta learning rate (only used by the stabilised mode), >= 0.
+        lr_mode: 0 (paper), 1 (stabilised) or 2 (inverse); see :data:`LR_MODES`.
+        alpha0: initial meta learning rate (used by the stabilised and inverse modes), >= 0.
         eps: added to h in the denominator of Eq. 8, >= 0.
     """
     params, fast_params, importance, meta_lrs, grads, lam, decay, r, lr_mode, alpha0, eps = _check_emcl(
@@ -387,7 +393,8 @@ def emcl_meta_step_(params, fast_params, importance, meta_lrs, grads, lam: float
         else:
             # a true division: PyTorch evaluates `scalar / tensor` as `scalar * tensor.reciprocal()`,
             # which gives 0 * inf = nan for r = 0 over a denormal denominator, where r/(h+eps) = 0
-            new_a.append(alpha0 * torch.clamp(torch.full_like(h_new, r) / (h_new + eps), max=1.0))
+            inverse = torch.full_like(h_new, r) / (h_new + eps)
+            new_a.append(alpha0 * (torch.clamp(inverse, max=1.0) if lr_mode == 1 else inverse))
     with torch.no_grad():
         for dst, src in zip(params + importance + meta_lrs, new_p + new_h + new_a):
             dst.copy_(src)
@@ -417,6 +424,109 @@ def trajectory_shift_(phi, thetas, meta_lr: float, shift: bool = True) -> None:
             p.add_(d)
             if shift:
                 th.add_(d.unsqueeze(0))
+
+
+# --------------------------------------------------------------------------- MLP inner loop
+def _check_mlp_prox_steps(params, x, y, anchors, importance, lr, prox):
+    params = _check_list("params", params)
+    anchors = _check_list("anchors", anchors, allow_none=True)
+    importance = _check_list("importance", importance, allow_none=True)
+    lr = _check_real("lr", lr, low=0.0)
+    prox = _check_real("prox", prox, low=0.0)
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        raise TypeError(f"x and y must be tensors, got {type(x).__name__} and {type(y).__name__}")
+    if (anchors is None) != (importance is None):
+        raise ValueError("anchors and importance must both be given or both be None")
+    if anchors is None and prox != 0.0:
+        raise ValueError(f"prox={prox} needs anchors and importance (None is allowed only with prox=0)")
+    if not params or len(params) % 2:
+        raise ValueError("params must be [W_1, b_1, ..., W_L, b_L] (an even, nonzero number of tensors), "
+                         f"got {len(params)} tensors")
+    names, lists = ["params"], [params]
+    if anchors is not None:
+        names += ["anchors", "importance"]
+        lists += [anchors, importance]
+    _check_group(names, lists)
+    if params[0].dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"params[0] has dtype {params[0].dtype}; mlp_prox_steps_ takes float32 or float64")
+    width = None
+    for l in range(0, len(params), 2):
+        w, b = params[l], params[l + 1]
+        if w.dim() != 2:
+            raise ValueError(f"params[{l}] (W_{l // 2 + 1}) must be a matrix [out, in], got shape {tuple(w.shape)}")
+        if b.shape != (w.shape[0],):
+            raise ValueError(f"params[{l + 1}] (b_{l // 2 + 1}) has shape {tuple(b.shape)}; expected "
+                             f"({w.shape[0]},) to match W_{l // 2 + 1} of shape {tuple(w.shape)}")
+        if width is not None and w.shape[1] != width:
+            raise ValueError(f"params[{l}] (W_{l // 2 + 1}) has shape {tuple(w.shape)}; expected {width} inputs "
+                             f"(the outputs of W_{l // 2})")
+        width = w.shape[0]
+    if x.dim() < 1:
+        raise ValueError("x must be a batch [k, ...], got a scalar")
+    features = math.prod(x.shape[1:])
+    if features != params[0].shape[1]:
+        raise ValueError(f"x has shape {tuple(x.shape)}: {features} features per example; "
+                         f"W_1 expects {params[0].shape[1]}")
+    if x.dtype != params[0].dtype:
+        raise TypeError(f"x has dtype {x.dtype} but params[0] has {params[0].dtype}")
+    if y.dtype != torch.int64 or y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"y must be an int64 vector of length {x.shape[0]} (the batch size of x), "
+                         f"got {y.dtype} {tuple(y.shape)}")
+    if x.device != params[0].device or y.device != params[0].device:
+        raise ValueError(f"x and y must be on the device of params[0] ({params[0].device}), "
+                         f"got x on {x.device}, y on {y.device}")
+    return params, x, y, anchors, importance, lr, prox
+
+
+def _check_labels(y: Tensor, num_classes: int) -> None:
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(f"y must hold labels in [0, {num_classes}), got values in [{int(y.min())}, {int(y.max())}]")
+
+
+def mlp_forward(params: Sequence[Tensor], x: Tensor) -> Tensor:
+    """Logits of the ReLU MLP ``params = [W_1, b_1, ..., W_L, b_L]`` on ``x`` ([k, ...]): a ReLU
+    after every layer but the last (fastcl's :class:`~fastcl.models.MLP`)."""
+    a = x.reshape(x.shape[0], -1)
+    for l in range(0, len(params), 2):
+        a = torch.nn.functional.linear(a, params[l], params[l + 1])
+        if l + 2 < len(params):
+            a = torch.relu(a)
+    return a
+
+
+def mlp_prox_steps_(params, x: Tensor, y: Tensor, anchors, importance, lr: float, prox: float) -> None:
+    """The EMCL inner loop on a ReLU MLP, in place: one :func:`prox_sgd_` step per example.
+
+    For ``i = 0, ..., k-1`` (``k = x.shape[0]``), in order: ``g`` = the gradient of the
+    cross-entropy of :func:`mlp_forward` on the single example ``(x[i], y[i])`` at the current
+    ``params``, then ``prox_sgd_(params, g, anchors, importance, lr, prox)``:
+    ``theta <- (theta - lr*g + prox*h*theta0) / (prox*h + 1)`` (EMCL Algorithm 1, inner loop;
+    Eq. 16 with the closed-form prox of Eq. 21, ``prox = gamma*lambda``). ``prox = 0`` (anchors,
+    importance None) is k plain SGD steps.
+
+    Args:
+        params: ``[W_1, b_1, ..., W_L, b_L]``, ``W_l`` of shape ``[n_l, n_(l-1)]``, ``b_l``
+            ``[n_l]``, float32 or float64; updated in place.
+        x: ``[k, ...]`` examples, ``prod(x.shape[1:]) == n_0``, dtype of ``params``.
+        y: ``[k]`` int64 labels in ``[0, n_L)``.
+        anchors: theta_0, shapes of ``params`` (or None when prox == 0).
+        importance: h >= 0, shapes of ``params`` (or None when prox == 0).
+        lr: beta, the inner step size, >= 0.
+        prox: gamma*lambda, >= 0.
+
+    ``params`` must not share memory with any other argument (the inputs are read at every
+    step while ``params`` change), not even the same tensor as ``anchors``.
+    """
+    params, x, y, anchors, importance, lr, prox = _check_mlp_prox_steps(params, x, y, anchors, importance, lr, prox)
+    read = [("x", [x]), ("y", [y])] + ([("anchors", anchors), ("importance", importance)] if anchors else [])
+    _check_aliasing([("params", params)], read, in_place=False)
+    _check_labels(y, params[-1].shape[0])
+    for i in range(x.shape[0]):
+        with torch.enable_grad():
+            leaves = [p.detach().requires_grad_(True) for p in params]
+            loss = torch.nn.functional.cross_entropy(mlp_forward(leaves, x[i:i + 1]), y[i:i + 1])
+            grads = torch.autograd.grad(loss, leaves)
+        prox_sgd_(params, list(grads), anchors, importance, lr, prox)
 
 
 # --------------------------------------------------------------------------- memory
