@@ -1,5 +1,6 @@
-"""Time per incoming batch of EMCL (fused / reference) and La-MAML (first / second order), with
-pytest-benchmark: ``pytest bench/test_meta_learners.py --benchmark-only``.
+"""Time per incoming batch of EMCL (fused / per-step / reference) and La-MAML (first / second
+order), and the EMCL inner loop alone written several ways, with pytest-benchmark:
+``pytest bench/test_meta_learners.py --benchmark-only``.
 
 The learners and the setting (MNIST Permutations: MLP 784-100-100-10, batch 10, 5 glances,
 memory 200) are those of :mod:`fastcl.benchmarks.meta_learners` (``fastcl bench emcl``). One
@@ -34,3 +35,25 @@ def test_time_per_incoming_batch(benchmark, batches, name):
 
     benchmark.group = "meta-learners: time per incoming batch (5 glances)"
     benchmark(step)
+
+
+@pytest.mark.parametrize("name", list(B.INNER_LOOPS))
+def test_inner_loop(benchmark, name):
+    """One glance's EMCL inner loop (k = 20 single-example steps) written each way of
+    :data:`fastcl.benchmarks.meta_learners.INNER_LOOPS`."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = B.MLP((784, 100, 100, 10))
+    theta0 = [t.detach().clone() for t in model.parameters()]
+    importance = [torch.rand_like(t) for t in theta0]
+    params = [t.clone() for t in theta0]
+    bufs = [torch.empty_like(t) for t in theta0]
+    task = permuted_mnist(num_tasks=1, per_task=20, seed=0)[0]
+    x, y = task.x_train.reshape(20, 784), task.y_train
+
+    def loop():
+        torch._foreach_copy_(params, theta0)
+        B.INNER_LOOPS[name](model, params, x, y, theta0, importance, 0.15, 3.0, bufs)
+
+    benchmark.group = "EMCL inner loop: k = 20 steps, MLP 784-100-100-10"
+    benchmark(loop)

@@ -51,7 +51,8 @@ def _bench_ops(args: argparse.Namespace) -> int:
 #: ``fastcl bench NAME``: (name, module of fastcl.benchmarks, help, entry point taking the args)
 _BENCHES = (
     ("learners", "learners", "training throughput: ER-Ring and HAL vs a plain PyTorch loop", "main"),
-    ("emcl", "meta_learners", "time per incoming batch: EMCL fused vs reference vs La-MAML", "main"),
+    ("emcl", "meta_learners", "EMCL inner loop alone, and time per incoming batch: EMCL fused vs per-step vs "
+     "reference vs La-MAML", "main"),
     ("maml", "maml", "MAML / FOMAML meta-iteration time: vmapped vs a per-task loop", "main"),
     ("ftml", "ftml", "FTML meta-gradient: torch.func + vmap vs a per-task autograd loop", "main_from_args"),
     ("cts", "cts", "CTS: T task learners under vmap + fused shift vs T nn.Module copies", "main"),

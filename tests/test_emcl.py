@@ -112,6 +112,15 @@ def test_default_eq8_cancels_the_importance_of_eq10(reference):
     assert max(float(hh.max()) for hh in h) > 0
 
 
+def _train(learner, stream):
+    """One pass over the stream in batches of 10 (the same batches for every learner)."""
+    gen = torch.Generator().manual_seed(0)
+    for task in stream:
+        for x, y in task.batches(10, gen):
+            learner.observe(x, y, task.task_id)
+    return learner
+
+
 #: the pre-v2 reading (fastcl.experiments.EMCL_V1), which the ablation learners keep
 _V1 = {"lr_mode": "stabilised", "importance_norm": True, "r": 1.0 / 3.0}
 
@@ -125,11 +134,7 @@ def test_fused_and_reference_learners_agree(variant, reading, multi_head):
     for reference in (False, True):
         # explicit gradient steps on Eq. 6 are only stable for beta*lambda*h < 2 (hence PGD)
         learner = _emcl(s, variant=variant, reference=reference, **kw, **({"lam": 1.0} if variant == "nopgd" else {}))
-        gen = torch.Generator().manual_seed(0)
-        for task in s:
-            for x, y in task.batches(10, gen):
-                learner.observe(x, y, task.task_id)
-        runs.append(learner)
+        runs.append(_train(learner, s))
     fused, ref = runs
     assert all(bool(torch.isfinite(p).all()) for p in fused.params)
     for a, b in zip(fused.params + fused.importance + fused.meta_lrs, ref.params + ref.importance + ref.meta_lrs):
@@ -170,11 +175,7 @@ def test_fused_inner_loop_equals_the_per_step_loop(reference):
     runs = []
     for fused_inner in (True, False):
         learner = _emcl(s, reference=reference, fused_inner=fused_inner, gamma=30.0)  # a prox that acts
-        gen = torch.Generator().manual_seed(0)
-        for task in s:
-            for x, y in task.batches(10, gen):
-                learner.observe(x, y, task.task_id)
-        runs.append(learner)
+        runs.append(_train(learner, s))
     fused, per_step = runs
     assert fused.fused_inner and not per_step.fused_inner
     for a, b in zip(fused.params + fused.importance, per_step.params + per_step.importance):
@@ -369,3 +370,35 @@ def test_bench_emcl_runs(capsys):
     out = capsys.readouterr().out
     for name in ("EMCL fused", "EMCL reference", "La-MAML first order", "La-MAML second order"):
         assert f"| {name} |" in out
+    from fastcl.benchmarks.meta_learners import INNER_LOOPS
+
+    assert "EMCL inner loop alone" in out
+    for name in INNER_LOOPS:  # each checked against the fused op before it is timed
+        assert f"| {name} |" in out
+
+
+@pytest.mark.parametrize("cls, cfg", [(EMCL, EMCLConfig), (LaMAML, LaMAMLConfig)])
+def test_split_cifar100_multi_head_with_the_reduced_resnet(tmp_path, cls, cfg):
+    """The issue's third stream: multi-head Split CIFAR-100 with the reduced ResNet-18, from
+    CIFAR-100 python files (a generated fixture). Not an MLP: EMCL takes autograd gradients and a
+    prox_sgd_ step per example; predictions stay inside each task's head."""
+    from dataclasses import replace
+
+    from fastcl.data.streams import split_cifar100
+    from fastcl.models import ReducedResNet18
+    from test_data import _write_cifar100
+
+    _write_cifar100(tmp_path, n_train=100, n_test=100)
+    stream = split_cifar100(tmp_path)
+    stream = replace(stream, tasks=stream.tasks[:2])
+    torch.manual_seed(0)
+    learner = cls(ReducedResNet18(100, nf=4), 100, (3, 32, 32),
+                  cfg(memory_size=10, glances=1, seed=0), task_classes=[t.classes for t in stream])
+    assert getattr(learner, "fused_inner", False) is False
+    before = [p.detach().clone() for p in learner.params]
+    acc = torch.as_tensor(run_stream(learner, stream, progress=False).acc.values)
+    assert acc.shape == (2, 2) and bool(torch.isfinite(acc).all())
+    assert not all(torch.equal(a, p.detach()) for a, p in zip(before, learner.params))
+    for task in stream:  # logits outside the task's head are masked
+        pred = learner.predict(task.x_test[:8], task.task_id).argmax(1)
+        assert set(pred.tolist()) <= set(task.classes)

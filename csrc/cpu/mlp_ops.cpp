@@ -114,8 +114,8 @@ void run_steps(const std::vector<Staged>& p, const std::vector<Staged>* anchors,
                     (ab ? ab[j] : T(0));
         });
       }
-      if (l < num_layers)
-        for (int64_t j = 0; j < n[l]; ++j) zl[j] = zl[j] > T(0) ? zl[j] : T(0);
+      if (l < num_layers)  // as torch.relu: nan stays nan (the backward mask a > 0 drops it)
+        for (int64_t j = 0; j < n[l]; ++j) zl[j] = zl[j] < T(0) ? T(0) : zl[j];
     }
     // ---- d_L = softmax(z_L) - onehot(y)
     {

@@ -15,16 +15,23 @@ namespace fastcl {
 
 using OptTensorList = std::optional<at::TensorList>;
 
-// prox_sgd_ (in_place) and prox_sgd.
-inline void check_prox_sgd_args(at::TensorList params, at::TensorList grads,
-                                const OptTensorList& anchors, const OptTensorList& importance,
-                                double lr, double prox, bool in_place) {
+// The step size and prox strength of a proximal step, and its optional anchors / importance
+// (prox_sgd_, prox_sgd, mlp_prox_steps_).
+inline void check_step_args(const OptTensorList& anchors, const OptTensorList& importance,
+                            double lr, double prox) {
   check_real("lr", lr, 0.0, INFINITY);
   check_real("prox", prox, 0.0, INFINITY);
   TORCH_CHECK_VALUE(anchors.has_value() == importance.has_value(),
                     "anchors and importance must both be given or both be None");
   TORCH_CHECK_VALUE(anchors.has_value() || prox == 0.0, "prox=", py_float(prox),
                     " needs anchors and importance (None is allowed only with prox=0)");
+}
+
+// prox_sgd_ (in_place) and prox_sgd.
+inline void check_prox_sgd_args(at::TensorList params, at::TensorList grads,
+                                const OptTensorList& anchors, const OptTensorList& importance,
+                                double lr, double prox, bool in_place) {
+  check_step_args(anchors, importance, lr, prox);
   std::vector<NamedList> lists{{"params", params}, {"grads", grads}};
   if (anchors) {
     lists.push_back({"anchors", *anchors});
@@ -91,12 +98,7 @@ inline int64_t check_mlp_prox_steps_args(at::TensorList params, const at::Tensor
                                          const at::Tensor& y, const OptTensorList& anchors,
                                          const OptTensorList& importance, double lr,
                                          double prox) {
-  check_real("lr", lr, 0.0, INFINITY);
-  check_real("prox", prox, 0.0, INFINITY);
-  TORCH_CHECK_VALUE(anchors.has_value() == importance.has_value(),
-                    "anchors and importance must both be given or both be None");
-  TORCH_CHECK_VALUE(anchors.has_value() || prox == 0.0, "prox=", py_float(prox),
-                    " needs anchors and importance (None is allowed only with prox=0)");
+  check_step_args(anchors, importance, lr, prox);
   TORCH_CHECK_VALUE(!params.empty() && params.size() % 2 == 0,
                     "params must be [W_1, b_1, ..., W_L, b_L] (an even, nonzero number of "
                     "tensors), got ", params.size(), " tensors");

@@ -199,9 +199,8 @@ def _check_aliasing(written, read=(), in_place: bool = True):
                              "read argument of its own index (in place), entirely")
 
 
-def _check_prox(params, grads, anchors, importance, lr, prox):
-    params = _check_list("params", params)
-    grads = _check_list("grads", grads)
+def _check_step(anchors, importance, lr, prox):
+    """The step size and prox strength of a proximal step and its optional anchors / importance."""
     anchors = _check_list("anchors", anchors, allow_none=True)
     importance = _check_list("importance", importance, allow_none=True)
     lr = _check_real("lr", lr, low=0.0)
@@ -210,6 +209,13 @@ def _check_prox(params, grads, anchors, importance, lr, prox):
         raise ValueError("anchors and importance must both be given or both be None")
     if anchors is None and prox != 0.0:
         raise ValueError(f"prox={prox} needs anchors and importance (None is allowed only with prox=0)")
+    return anchors, importance, lr, prox
+
+
+def _check_prox(params, grads, anchors, importance, lr, prox):
+    params = _check_list("params", params)
+    grads = _check_list("grads", grads)
+    anchors, importance, lr, prox = _check_step(anchors, importance, lr, prox)
     names, lists = ["params", "grads"], [params, grads]
     if anchors is not None:
         names += ["anchors", "importance"]
@@ -429,16 +435,9 @@ def trajectory_shift_(phi, thetas, meta_lr: float, shift: bool = True) -> None:
 # --------------------------------------------------------------------------- MLP inner loop
 def _check_mlp_prox_steps(params, x, y, anchors, importance, lr, prox):
     params = _check_list("params", params)
-    anchors = _check_list("anchors", anchors, allow_none=True)
-    importance = _check_list("importance", importance, allow_none=True)
-    lr = _check_real("lr", lr, low=0.0)
-    prox = _check_real("prox", prox, low=0.0)
+    anchors, importance, lr, prox = _check_step(anchors, importance, lr, prox)
     if not isinstance(x, Tensor) or not isinstance(y, Tensor):
         raise TypeError(f"x and y must be tensors, got {type(x).__name__} and {type(y).__name__}")
-    if (anchors is None) != (importance is None):
-        raise ValueError("anchors and importance must both be given or both be None")
-    if anchors is None and prox != 0.0:
-        raise ValueError(f"prox={prox} needs anchors and importance (None is allowed only with prox=0)")
     if not params or len(params) % 2:
         raise ValueError("params must be [W_1, b_1, ..., W_L, b_L] (an even, nonzero number of tensors), "
                          f"got {len(params)} tensors")
