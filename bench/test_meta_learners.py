@@ -55,5 +55,6 @@ def test_inner_loop(benchmark, name):
         torch._foreach_copy_(params, theta0)
         B.INNER_LOOPS[name](model, params, x, y, theta0, importance, 0.15, 3.0, bufs)
 
+    loop()  # warm-up (compiles the torch.compile case)
     benchmark.group = "EMCL inner loop: k = 20 steps, MLP 784-100-100-10"
     benchmark(loop)

@@ -248,3 +248,26 @@ def test_learner_benchmark_runs_and_plain_loop_learns():
     out = bl.run(tasks=2, per_task=30, threads=1, repeats=1, log=lambda s: None)
     assert set(out["seconds"]) == {"plain ER-Ring loop", "fastcl ER-Ring", "fastcl HAL (first order)",
                                    "fastcl HAL (exact)"}
+
+
+def test_inner_loop_cases_compute_the_reference_steps():
+    """Every way of writing the EMCL inner loop in fastcl.benchmarks.meta_learners computes the
+    steps of reference.mlp_prox_steps_ (the torch.compile case through its eager step, which is
+    what torch.compile compiles)."""
+    from fastcl.benchmarks import meta_learners as M
+    from fastcl.models import MLP
+    from fastcl.ops import reference as R
+
+    torch.manual_seed(0)
+    model = MLP((12, 8, 5))
+    theta0 = [t.detach().clone() for t in model.parameters()]
+    importance = [torch.rand_like(t) for t in theta0]
+    x, y = torch.rand(6, 12), torch.randint(0, 5, (6,))
+    want = [t.clone() for t in theta0]
+    R.mlp_prox_steps_(want, x, y, theta0, importance, 0.15, 3.0)
+    eager = {**M.INNER_LOOPS, M.COMPILED: M._out_of_place(lambda: M._torch_step)}
+    for name, loop in eager.items():
+        got = [t.clone() for t in theta0]
+        loop(model, got, x, y, theta0, importance, 0.15, 3.0, [torch.empty_like(t) for t in theta0])
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)

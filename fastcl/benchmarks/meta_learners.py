@@ -19,13 +19,16 @@ batch + replay on the same MLP, Table II's beta = 0.15 and gamma*lambda = 3) in 
 can be written: the fused ``mlp_prox_steps_``; per step, by-hand gradients
 (:func:`~fastcl.algorithms.lamaml.mlp_grads` into reused buffers) and a fused ``prox_sgd_``;
 the same with the prox written as ``torch._foreach_*`` ops; per step, autograd gradients and a
-fused ``prox_sgd_``; and the reference (autograd, ``reference.prox_sgd_``). Calls are
-interleaved in rounds and the median per call taken.
+fused ``prox_sgd_``; the reference (autograd, ``reference.prox_sgd_``); and, with
+``compile=True`` (``--compile``: about 20 s of compilation), ``torch.compile`` of one step written
+in plain torch ops (by-hand gradient and prox expression). Calls are interleaved in rounds and
+the median per call taken.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from typing import Callable
 
@@ -38,7 +41,7 @@ from ..data.streams import permuted_mnist
 from ..models import MLP
 from ..ops import reference
 
-__all__ = ["CASES", "INNER_LOOPS", "make_learner", "time_per_batch", "run", "run_inner_loop", "add_arguments",
+__all__ = ["CASES", "COMPILED", "INNER_LOOPS", "make_learner", "time_per_batch", "run", "run_inner_loop", "add_arguments",
            "main"]
 
 #: the quoted throughput of the public La-MAML code on this machine (examples/s; EMCL issue)
@@ -136,6 +139,42 @@ def _foreach_prox(p, g, a, h, lr, prox):
     torch._foreach_copy_(p, num)
 
 
+def _torch_step(p, x, y, a, h, lr: float, prox: float):
+    """One example's step in plain torch ops, for torch.compile: the by-hand MLP gradient (as
+    :func:`~fastcl.algorithms.lamaml.mlp_grads`) and ``(p - lr*g + c*a) / (c + 1)``, c = prox*h."""
+    acts, z = [], x
+    for i in range(0, len(p), 2):
+        acts.append(z)
+        z = torch.addmm(p[i + 1], z, p[i].t())
+        if i + 2 < len(p):
+            z = z.relu()
+    d = torch.softmax(z, 1) - torch.nn.functional.one_hot(y, z.shape[1]).to(z.dtype)
+    g = [None] * len(p)
+    for i in range(len(p) - 2, -1, -2):
+        g[i], g[i + 1] = d.t() @ acts[i // 2], d.sum(0)
+        if i > 0:
+            d = (d @ p[i]) * (acts[i // 2] > 0)
+    return [(pi - lr * gi + prox * hi * ai) / (prox * hi + 1) for pi, gi, ai, hi in zip(p, g, a, h)]
+
+
+@functools.cache
+def _compiled_step():
+    return torch.compile(_torch_step, fullgraph=True, dynamic=False)
+
+
+def _out_of_place(get_step):
+    """The inner loop of an out-of-place step function (``get_step()``: params in, new params out)."""
+    def loop(model, p, x, y, a, h, lr, prox, bufs):
+        q = list(p)
+        for i in range(x.shape[0]):
+            q = get_step()(q, x[i:i + 1], y[i:i + 1], a, h, lr, prox)
+        torch._foreach_copy_(p, q)
+    return loop
+
+
+#: the inner-loop case that needs torch.compile (left out of :func:`run_inner_loop` by default)
+COMPILED = "per step: torch.compile(by-hand gradient + prox), out of place"
+
 #: one glance's inner loop, written several ways: (model, params, x, y, anchors, importance, lr, prox, buffers)
 INNER_LOOPS: dict[str, Callable] = {
     "fused mlp_prox_steps_ (one call)": lambda m, p, x, y, a, h, lr, prox, bufs: ops.mlp_prox_steps_(
@@ -145,14 +184,17 @@ INNER_LOOPS: dict[str, Callable] = {
     "per step: autograd gradients + fused prox_sgd_": _per_step(_autograd, ops.prox_sgd_),
     "reference (autograd + reference.prox_sgd_)": lambda m, p, x, y, a, h, lr, prox, bufs: reference.mlp_prox_steps_(
         p, x, y, a, h, lr, prox),
+    COMPILED: _out_of_place(_compiled_step),
 }
 
 
-def run_inner_loop(k: int = 20, threads: int = 1, rounds: int = 7, calls: int = 5, cases=None, log=print) -> dict:
-    """Median seconds per inner loop (k steps) of each way in :data:`INNER_LOOPS`; prints a
-    markdown table with the ratios to the fused op."""
+def run_inner_loop(k: int = 20, threads: int = 1, rounds: int = 7, calls: int = 5, cases=None, compile: bool = False,
+                   log=print) -> dict:
+    """Median seconds per inner loop (k steps) of each way in :data:`INNER_LOOPS` (the
+    torch.compile case only with ``compile``); prints a markdown table with the ratios to the
+    fused op."""
     torch.set_num_threads(threads)
-    cases = list(cases or INNER_LOOPS)
+    cases = list(cases or [name for name in INNER_LOOPS if compile or name != COMPILED])
     torch.manual_seed(0)
     model = MLP((784, 100, 100, 10))
     theta0 = [t.detach().clone() for t in model.parameters()]
@@ -198,10 +240,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--inner-only", action="store_true", help="only the inner-loop table (fast)")
+    p.add_argument("--compile", action="store_true",
+                   help="add torch.compile of the per-step loop to the inner-loop table (~20 s to compile)")
 
 
 def main(args: argparse.Namespace) -> int:
-    run_inner_loop(threads=args.threads)
+    run_inner_loop(threads=args.threads, compile=args.compile)
     if not args.inner_only:
         print()
         run(args.batches, args.warmup, args.glances, args.threads, args.repeats)
