@@ -40,6 +40,11 @@ std::vector<T>& scratch() {
   return buf;
 }
 
+// Rows (of `cols` elements each) per parallel task: about kGrain elements.
+inline int64_t rows_per_task(int64_t cols) {
+  return std::max<int64_t>(1, kGrain / std::max<int64_t>(cols, 1));
+}
+
 template <typename T>
 void run_steps(const std::vector<Staged>& p, const std::vector<Staged>* anchors,
                const std::vector<Staged>* importance, const at::Tensor& x, const int64_t* y,
@@ -58,9 +63,9 @@ void run_steps(const std::vector<Staged>& p, const std::vector<Staged>* anchors,
     numel.push_back(p[i].work.numel());
     inv_off[i + 1] = inv_off[i] + (anchors ? numel[i] : 0);
   }
-  int64_t total = inv_off.back();
   for (int64_t l = 0; l < num_layers; ++l) z_off[l + 1] = z_off[l] + n[l + 1];
-  const int64_t z_base = total, d_base = total + z_off.back(), next_base = d_base + z_off.back();
+  const int64_t z_base = inv_off.back(), d_base = z_base + z_off.back();
+  const int64_t next_base = d_base + z_off.back();
   std::vector<T>& buf = scratch<T>();
   buf.resize(std::max<size_t>(buf.size(), size_t(next_base + n[1])));
   T* inv = buf.data();
@@ -82,7 +87,7 @@ void run_steps(const std::vector<Staged>& p, const std::vector<Staged>* anchors,
   }
   const T* xs = x.data_ptr<T>();
   const int64_t n0 = n[0], n1 = n[1];
-  const int64_t row_grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(n0, 1));
+  const int64_t row_grain = rows_per_task(n0);
   // the first example's first-layer product q x_0
   at::parallel_for(0, n1, row_grain, [&](int64_t b, int64_t e) {
     for (int64_t j = b; j < e; ++j) next_dot[j] = row_dot(q(0) + j * n0, nullptr, xs, n0);
@@ -107,8 +112,7 @@ void run_steps(const std::vector<Staged>& p, const std::vector<Staged>* anchors,
         const T* aw = a(2 * l - 2);
         const T* qb = q(2 * l - 1);
         const T* ab = a(2 * l - 1);
-        const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(in, 1));
-        at::parallel_for(0, out, grain, [&](int64_t b, int64_t e) {
+        at::parallel_for(0, out, rows_per_task(in), [&](int64_t b, int64_t e) {
           for (int64_t j = b; j < e; ++j)
             zl[j] = row_dot(qw + j * in, aw ? aw + j * in : nullptr, prev, in) + qb[j] +
                     (ab ? ab[j] : T(0));
@@ -140,8 +144,8 @@ void run_steps(const std::vector<Staged>& p, const std::vector<Staged>* anchors,
       const T* aw = a(2 * l - 2);
       const T* invw = iv(2 * l - 2);
       std::fill(dp, dp + in, T(0));
-      const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(out, 1));
-      at::parallel_for(0, in, grain, [&](int64_t b, int64_t e) {
+      // columns per task: a block of every one of the `out` rows, about kGrain elements
+      at::parallel_for(0, in, rows_per_task(out), [&](int64_t b, int64_t e) {
         for (int64_t j = 0; j < out; ++j) {
           const int64_t off = j * in + b;
           row_back_step(qw + off, aw ? aw + off : nullptr, invw ? invw + off : nullptr, act + b,

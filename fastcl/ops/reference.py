@@ -493,6 +493,15 @@ def mlp_forward(params: Sequence[Tensor], x: Tensor) -> Tensor:
     return a
 
 
+def mlp_loss_grads(params: Sequence[Tensor], x: Tensor, y: Tensor) -> list[Tensor]:
+    """Autograd gradient of the mean cross-entropy of :func:`mlp_forward` on ``(x, y)`` with
+    respect to ``params`` (detached copies are differentiated; ``params`` are not touched)."""
+    with torch.enable_grad():
+        leaves = [p.detach().requires_grad_(True) for p in params]
+        loss = torch.nn.functional.cross_entropy(mlp_forward(leaves, x), y)
+        return list(torch.autograd.grad(loss, leaves))
+
+
 def mlp_prox_steps_(params, x: Tensor, y: Tensor, anchors, importance, lr: float, prox: float) -> None:
     """The EMCL inner loop on a ReLU MLP, in place: one :func:`prox_sgd_` step per example.
 
@@ -521,11 +530,7 @@ def mlp_prox_steps_(params, x: Tensor, y: Tensor, anchors, importance, lr: float
     _check_aliasing([("params", params)], read, in_place=False)
     _check_labels(y, params[-1].shape[0])
     for i in range(x.shape[0]):
-        with torch.enable_grad():
-            leaves = [p.detach().requires_grad_(True) for p in params]
-            loss = torch.nn.functional.cross_entropy(mlp_forward(leaves, x[i:i + 1]), y[i:i + 1])
-            grads = torch.autograd.grad(loss, leaves)
-        prox_sgd_(params, list(grads), anchors, importance, lr, prox)
+        prox_sgd_(params, mlp_loss_grads(params, x[i:i + 1], y[i:i + 1]), anchors, importance, lr, prox)
 
 
 # --------------------------------------------------------------------------- memory
