@@ -9,7 +9,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 CSRC   := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
 JOBS   ?= 2
 
-.PHONY: run test setup build pytest ctest bench clean
+.PHONY: run test setup build pytest ctest bench clean gpu-check gpu-check-dry-run
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -50,8 +50,17 @@ ctest: setup
 
 test: pytest ctest
 
+# On a GPU machine (CUDA torch, nvcc, no network; no .venv is made): build the CUDA extension in
+# place, run tests/test_cuda_ops.py, the CUDA kernel test (also under compute-sanitizer), and
+# `fastcl bench ops --quick --device cuda`; logs under $$OUT. See tests/gpu_check.sh.
+gpu-check:
+	bash tests/gpu_check.sh
+
+gpu-check-dry-run:
+	bash tests/gpu_check.sh --dry-run
+
 bench: build
 	$(PY) -m pytest -q bench --benchmark-only
 
 clean:
-	rm -rf build build-cmake build-cmake.log fastcl/_C*.so *.egg-info $(VENV)/.ext
+	rm -rf build build-cmake build-cmake.log build-gpu-check gpu-check-out fastcl/_C*.so *.egg-info $(VENV)/.ext

@@ -193,6 +193,37 @@ def test_cli_rejects_bad_arguments(capsys):
     assert "unknown op" in capsys.readouterr().err
 
 
+def test_cli_bench_ops_device_is_checked(capsys):
+    """--device names a device that can run the fused kernels, or the run stops before timing."""
+    assert cli.main(["bench", "ops", "--sizes", "tiny", "--device", "mps"]) == 2
+    assert "--device must be 'cpu' or 'cuda" in capsys.readouterr().err
+    assert cli.main(["bench", "ops", "--sizes", "tiny", "--device", "nonsense:x"]) == 2
+    assert "--device" in capsys.readouterr().err
+    if not (torch.cuda.is_available() and fops.cuda_built()):
+        assert cli.main(["bench", "ops", "--sizes", "tiny", "--device", "cuda"]) == 2
+        assert "--device cuda" in capsys.readouterr().err
+
+
+def test_state_to_cpu_is_identity_and_plan_drops_cpu_only_impls():
+    state = B.OPS["reservoir_insert_"].make(B.cases_for(B.OPS["reservoir_insert_"], "tiny")[0], 0)
+    assert B.state_to(state, torch.device("cpu")) is state
+    on_cpu = {impl for _, _, impls in B.plan(["reservoir_insert_"], "tiny", device="cpu") for impl in impls}
+    assert "loop" in on_cpu
+    on_cuda = {impl for _, _, impls in B.plan(["reservoir_insert_"], "tiny", device="cuda") for impl in impls}
+    assert on_cuda == on_cpu - {"loop"}
+
+
+def test_time_interleaved_syncs_around_every_timed_block():
+    """The clock is read only after ``sync`` (CUDA: torch.cuda.synchronize), warm-up included."""
+    events = []
+    B.time_interleaved({"f": lambda: events.append("call")}, threads=1, min_run_time=0.001, warmup=2,
+                       min_rounds=2, max_rounds=2, sync=lambda: events.append("sync"))
+    assert events[:6] == ["sync", "call", "sync", "sync", "call", "sync"]
+    # after the warm-up, every block of calls is framed by a sync on each side
+    body = events[6:]
+    assert body[0] == "sync" and body[-1] == "sync" and body.count("sync") == 4
+
+
 def test_time_interleaved_measures_and_reports_errors():
     calls = {"a": 0}
 

@@ -105,6 +105,8 @@ __all__ = [
     "expected_state",
     "clone_state",
     "fused_available",
+    "check_device",
+    "state_to",
     "plan",
     "time_fn",
     "run",
@@ -209,6 +211,7 @@ class Op:
     check: Optional[Callable[[str, State, State, Any, Any], None]] = None  # memory ops
     mem_bytes: Optional[Callable[[Case], int]] = None
     doc: str = ""
+    cpu_only: tuple[str, ...] = ()              # impls whose check holds on the CPU only
 
 
 def bytes_moved(op: Op, case: Case) -> int:
@@ -725,6 +728,8 @@ RESERVOIR_OP = Op(
     },
     check=_reservoir_check,
     mem_bytes=lambda c: BATCH * (2 * FEAT * ITEM + 8 * 5),
+    # one uniform per call from a CUDA (Philox) generator is not the same sequence as B at once
+    cpu_only=("loop",),
     doc=f"capacity {RESERVOIR_CAP}, {RESERVOIR_SEEN} seen, B={BATCH}",
 )
 
@@ -751,12 +756,49 @@ def clone_state(state: State) -> State:
         elif isinstance(v, list):
             out[k] = [t.clone() for t in v]
         elif isinstance(v, torch.Generator):
-            g = torch.Generator()
+            g = torch.Generator(device=v.device)
             g.set_state(v.get_state())
             out[k] = g
         else:
             out[k] = v
     return out
+
+
+def state_to(state: State, device: torch.device) -> State:
+    """``state`` (made on the CPU by an op's ``make``) with every tensor moved to ``device`` and
+    every generator replaced by one of ``device`` with the same seed."""
+    if device.type == "cpu":
+        return state
+    out = {}
+    for k, v in state.items():
+        if isinstance(v, Tensor):
+            out[k] = v.to(device)
+        elif isinstance(v, list):
+            out[k] = [t.to(device) for t in v]
+        elif isinstance(v, torch.Generator):
+            out[k] = torch.Generator(device=device).manual_seed(v.initial_seed())
+        else:
+            out[k] = v
+    return out
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device, or a ValueError saying why it cannot be benchmarked here."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"--device: {err}") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda":
+        raise ValueError(f"--device must be 'cpu' or 'cuda[:N]', got {str(device)!r}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: torch {torch.__version__} sees no CUDA device "
+                         f"(torch.version.cuda = {torch.version.cuda})")
+    if not fops.cuda_built():
+        raise ValueError(f"--device {device}: fastcl._C was built without its CUDA kernels "
+                         "(rebuild on a CUDA torch with nvcc on the PATH; see csrc/cuda/README.md)")
+    return dev
 
 
 def expected_state(op: Op, state: State) -> tuple[State, Any]:
@@ -803,13 +845,15 @@ def validate(op: Op, impl: str, state: State, fn: Callable[[], Any], expected: t
 
 
 # ============================================================================ timing
-def time_fn(fn: Callable[[], Any], threads: int, min_run_time: float, warmup: int = 3) -> dict:
+def time_fn(fn: Callable[[], Any], threads: int, min_run_time: float, warmup: int = 3,
+            sync: Callable[[], None] = lambda: None) -> dict:
     """Median seconds per call of one ``fn`` at ``threads`` threads (see :func:`time_interleaved`)."""
-    return time_interleaved({"fn": fn}, threads, min_run_time, warmup)["fn"]
+    return time_interleaved({"fn": fn}, threads, min_run_time, warmup, sync=sync)["fn"]
 
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], threads: int, min_run_time: float, warmup: int = 3,
-                     min_rounds: int = 5, max_rounds: int = 400, max_time: Optional[float] = None) -> dict[str, dict]:
+                     min_rounds: int = 5, max_rounds: int = 400, max_time: Optional[float] = None,
+                     sync: Callable[[], None] = lambda: None) -> dict[str, dict]:
     """Times several callables *interleaved*, so that a change of machine load hits all of them.
 
     Each callable is warmed up (``warmup`` calls; the fastest of them estimates its cost), then
@@ -820,6 +864,8 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], threads: int, min_run_ti
     (blocks), ``per_run`` (calls per block) and ``capped`` (True when the rounds stopped at
     ``max_time``, default ``3 * min_run_time * len(fns)`` seconds, after at least 3 rounds: a
     machine so busy that calls stall; the figures are then rough); or ``error`` if a call raised.
+    ``sync`` is called before a clock is read (``torch.cuda.synchronize`` for CUDA work, so that a
+    block's time covers its kernels, not only their launches).
     """
     if max_time is None:
         max_time = 3.0 * min_run_time * max(1, len(fns))
@@ -831,8 +877,10 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], threads: int, min_run_ti
         best = math.inf
         try:
             for _ in range(max(1, warmup)):
+                sync()
                 t0 = clock()
                 fn()
+                sync()
                 best = min(best, clock() - t0)
         except Exception as err:  # noqa: BLE001
             out[name] = {"error": f"{type(err).__name__}: {err}"}
@@ -849,9 +897,11 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], threads: int, min_run_ti
         for name in order:
             fn, n = fns[name], number[name]
             try:
+                sync()
                 t0 = clock()
                 for _ in range(n):
                     fn()
+                sync()
                 dt = clock() - t0
             except Exception as err:  # noqa: BLE001
                 out[name] = {"error": f"{type(err).__name__}: {err}"}
@@ -870,29 +920,31 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], threads: int, min_run_ti
     return out
 
 
-def copy_callable(footprint_bytes: int) -> tuple[Callable[[], Any], int]:
-    """``dst.copy_(src)`` with src + dst = ``footprint_bytes``, and the bytes it moves."""
+def copy_callable(footprint_bytes: int, device: str | torch.device = "cpu") -> tuple[Callable[[], Any], int]:
+    """``dst.copy_(src)`` with src + dst = ``footprint_bytes`` on ``device``, and the bytes it moves."""
     n = max(1, footprint_bytes // (2 * ITEM))
-    src, dst = torch.randn(n, dtype=FLOAT), torch.empty(n, dtype=FLOAT)
+    src, dst = torch.randn(n, dtype=FLOAT, device=device), torch.empty(n, dtype=FLOAT, device=device)
     return (lambda: dst.copy_(src)), 2 * n * ITEM
 
 
 # ============================================================================ runner
-def fused_available(op: Op) -> tuple[bool, str]:
-    """Whether ``fused`` runs a compiled kernel (not the reference fallback or nothing)."""
+def fused_available(op: Op, device: str | torch.device = "cpu") -> tuple[bool, str]:
+    """Whether ``fused`` runs a compiled kernel on ``device`` (not the reference fallback or nothing)."""
+    key = "CUDA" if torch.device(device).type == "cuda" else "CPU"
     if fops.backend() == "reference":
         return False, "extension not loaded: fused == reference fallback"
     names = {"ring_insert+sample": ("ring_insert_", "ring_sample"), "ring_sample": ("ring_sample",),
              "reservoir_insert_": ("reservoir_insert_",)}.get(op.name, (op.name,))
     for n in names:
-        if not torch._C._dispatch_has_kernel_for_dispatch_key(f"fastcl::{n}", "CPU"):
-            return False, f"no CPU kernel registered for fastcl::{n}"
+        if not torch._C._dispatch_has_kernel_for_dispatch_key(f"fastcl::{n}", key):
+            return False, f"no {key} kernel registered for fastcl::{n}"
     return True, ""
 
 
 def plan(ops: Optional[Sequence[str]] = None, sizes: str = "full", compile: bool = True,
-         cases: Optional[Sequence[str]] = None) -> list[tuple[Op, Case, list[str]]]:
-    """The (op, case, impls) groups a run measures."""
+         cases: Optional[Sequence[str]] = None, device: str | torch.device = "cpu") -> list[tuple[Op, Case, list[str]]]:
+    """The (op, case, impls) groups a run measures on ``device``."""
+    on_cpu = torch.device(device).type == "cpu"
     names = list(ops) if ops else list(OPS)
     for n in names:
         if n not in OPS:
@@ -900,7 +952,7 @@ def plan(ops: Optional[Sequence[str]] = None, sizes: str = "full", compile: bool
     out = []
     for n in names:
         op = OPS[n]
-        impls = [i for i in op.impls if compile or not i.startswith("compile")]
+        impls = [i for i in op.impls if (compile or not i.startswith("compile")) and (on_cpu or i not in op.cpu_only)]
         for case in cases_for(op, sizes):
             if cases and case.name not in cases and case.name.split(" ")[0] not in cases:
                 continue
@@ -920,8 +972,12 @@ class Results:
 
 def run(ops: Optional[Sequence[str]] = None, sizes: str = "full", threads: Sequence[int] = (1, 2),
         compile: bool = True, min_run_time: float = 0.5, cases: Optional[Sequence[str]] = None,
-        progress: bool = True, seed: int = 0) -> Results:
+        progress: bool = True, seed: int = 0, device: str | torch.device = "cpu") -> Results:
     """Validates, then times, every (op, case, impl) of the plan at every thread count.
+
+    ``device`` is ``"cpu"`` or a CUDA device (:func:`check_device`): the inputs are made on the
+    CPU, moved there, and the clock is read after ``torch.cuda.synchronize``; on CUDA the thread
+    count only sets the host side and one count is measured.
 
     For each (op, case, threads) every impl gets its own copy of the inputs, is called once and
     compared with the reference (:func:`validate`), then all impls that passed (and ``copy_`` at
@@ -930,12 +986,17 @@ def run(ops: Optional[Sequence[str]] = None, sizes: str = "full", threads: Seque
     time), ``copy_gbps`` and ``pct_copy``; or ``error`` when the impl could not run here or
     computed something else than the reference (``WRONG: ...``: not timed).
     """
-    groups = plan(ops, sizes, compile, cases)
+    dev = check_device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    if dev.type == "cuda":
+        threads = list(threads)[:1]
+    groups = plan(ops, sizes, compile, cases, dev)
     total = sum(len(impls) + 1 for _, _, impls in groups) * len(threads)
     saved_threads = torch.get_num_threads()
     res = Results(meta={
         "fastcl": fastcl.__version__, "torch": torch.__version__, "backend": fops.backend(),
         "cpu_isa": fops.cpu_isa(), "machine": platform.machine(), "processor": platform.processor(),
+        "device": str(dev), "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor(),
         "sizes": sizes, "threads": list(threads), "compile": compile, "min_run_time_s": min_run_time,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "timer": "interleaved blocks, median seconds per call (fastcl.benchmarks.ops.time_interleaved)",
@@ -946,14 +1007,17 @@ def run(ops: Optional[Sequence[str]] = None, sizes: str = "full", threads: Seque
         res.notes.append("torch.compile impls skipped (--quick or --no-compile)")
     if fops.backend() == "reference":
         res.notes.append("the extension is not loaded: every 'fused' row is the reference fallback")
+    if dev.type == "cuda":
+        res.notes.append(f"device {dev} ({res.meta['device_name']}): times after torch.cuda.synchronize; "
+                         "threads are the host's only")
     bar = _progress(total, progress)
     unavailable: dict[str, str] = {}
     try:
         for op, case, impls in groups:
-            ok, why = fused_available(op)
+            ok, why = fused_available(op, dev)
             if not ok:
                 unavailable[op.name] = why
-            base = op.make(case, seed)
+            base = state_to(op.make(case, seed), dev)
             expected = expected_state(op, base)
             nbytes, fbytes = bytes_moved(op, case), footprint(op, case)
             for t in threads:
@@ -979,12 +1043,12 @@ def run(ops: Optional[Sequence[str]] = None, sizes: str = "full", threads: Seque
                     bar.step()
                 copy_bytes = None
                 if op.kind == "update" and fns:
-                    fns["copy_"], copy_bytes = copy_callable(fbytes)
+                    fns["copy_"], copy_bytes = copy_callable(fbytes, dev)
                     rows["copy_"] = {"op": op.name, "case": case.name, "threads": t, "impl": "copy_",
                                      "bytes": copy_bytes, "footprint": fbytes, "numel": copy_bytes // (2 * ITEM),
                                      "tensors": 2}
                 bar.set(f"{op.name} {case.name} t={t}: timing {len(fns)} impls interleaved")
-                timings = time_interleaved(fns, t, min_run_time)
+                timings = time_interleaved(fns, t, min_run_time, sync=sync)
                 for impl, m in timings.items():
                     row = rows[impl]
                     if "error" in m:
@@ -1138,7 +1202,7 @@ def format_tables(res: Results, markdown: bool = False) -> str:
     """The update-op table and the memory-op table, with the run's facts and notes."""
     m = res.meta
     out = [f"fastcl {m['fastcl']}, torch {m['torch']}, backend {m['backend']}, cpu ISA {m['cpu_isa']}, "
-           f"sizes {m['sizes']}, threads {','.join(map(str, m['threads']))}, min run time {m['min_run_time_s']} s"]
+           f"device {m.get('device', 'cpu')}, sizes {m['sizes']}, threads {','.join(map(str, m['threads']))}, min run time {m['min_run_time_s']} s"]
     out.append("times: median microseconds per call; 'vs X' = time of X / time of fused (higher: fused faster); "
                 "GB/s and % copy_ of the fused op (bytes: see fastcl.benchmarks.ops)")
     u = _render(*update_table(res), markdown)
@@ -1170,6 +1234,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--markdown", action="store_true", help="print markdown tables")
     p.add_argument("--json", metavar="PATH", default=None, help="also write every measurement as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress indication on stderr")
+    p.add_argument("--device", default="cpu",
+                   help="where the ops run: cpu (default) or cuda[:N] (needs fastcl built with its CUDA kernels)")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -1190,7 +1256,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     cases = args.cases.split(",") if args.cases else None
     try:
         res = run(ops=ops, sizes=sizes, threads=threads, compile=compile_, min_run_time=min_time, cases=cases,
-                  progress=not args.no_progress)
+                  progress=not args.no_progress, device=args.device)
     except ValueError as err:
         print(str(err), file=sys.stderr)
         return 2
