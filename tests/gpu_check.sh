@@ -19,7 +19,8 @@
 #   bash tests/gpu_check.sh --dry-run    prints each step's command and runs nothing
 #
 # Variables: PYTHON (python3), OUT, FASTCL_CUDA_ARCH (9.0: H100 / H200), JOBS (nproc),
-# GPU_CHECK_BUDGET_S (450).
+# GPU_CHECK_BUDGET_S (450), GPU_CHECK_STEPS (a comma-separated subset of the step names, to rerun
+# some: e.g. GPU_CHECK_STEPS=bench after a build).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,6 +38,7 @@ SM="${ARCH//./}"
 JOBS="${JOBS:-$(nproc 2>/dev/null || echo 4)}"
 BUDGET="${GPU_CHECK_BUDGET_S:-450}"
 BUILD="build-gpu-check"
+STEPS=",${GPU_CHECK_STEPS:-env,build,pytest,kernels,bench,memcheck},"
 START=$(date +%s)
 FAILED=0
 
@@ -56,6 +58,9 @@ say() { echo "$*" | tee -a "$SUMMARY"; }
 # $OUT/LOG, under a timeout of MAX_SECONDS or the time left, whichever is less.
 step() {
   local name=$1 log=$OUT/$2 max=$3 cmd=$4
+  if [[ $STEPS != *",$name,"* ]]; then
+    return 0
+  fi
   if [[ $DRY == 1 ]]; then
     printf '%-9s (<= %ss, log %s)\n    %s\n' "$name" "$max" "$2" "$cmd"
     return 0
@@ -86,7 +91,7 @@ step() {
 TORCH_PREFIX="\$($PY -c 'import torch; print(torch.utils.cmake_prefix_path)')"
 HALF_FLAGS="-D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__ --expt-relaxed-constexpr"
 NVCC_TEST="nvcc -std=c++17 -O2 -arch=sm_$SM $HALF_FLAGS -Icsrc csrc/tests/test_cuda_kernels.cu csrc/cuda/list_ops.cu csrc/cuda/mlp_ops.cu csrc/cuda/memory_ops.cu -o $BUILD/fastcl_test_cuda"
-CMAKE_TEST="cmake -S . -B $BUILD -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=$SM -DCMAKE_PREFIX_PATH=\"$TORCH_PREFIX\" -DPython3_EXECUTABLE=\"\$(command -v $PY)\" && cmake --build $BUILD --target fastcl_test_cuda -j $JOBS"
+CMAKE_TEST="TORCH_CUDA_ARCH_LIST=$ARCH cmake -S . -B $BUILD -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=$SM -DCMAKE_PREFIX_PATH=\"$TORCH_PREFIX\" -DPython3_EXECUTABLE=\"\$(command -v $PY)\"${CUDA_HOME:+ -DCUDA_TOOLKIT_ROOT_DIR=$CUDA_HOME -DCMAKE_CUDA_COMPILER=$CUDA_HOME/bin/nvcc} && cmake --build $BUILD --target fastcl_test_cuda -j $JOBS"
 SANITIZE="compute-sanitizer --tool memcheck --error-exitcode 99"
 
 if [[ $DRY == 1 ]]; then
