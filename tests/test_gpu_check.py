@@ -15,8 +15,11 @@ import torch
 SCRIPT = Path(__file__).with_name("gpu_check.sh")
 
 
-def _run(tmp_path, *args):
+def _run(tmp_path, *args, steps=None):
     env = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON=sys.executable, JOBS="2")
+    env.pop("GPU_CHECK_STEPS", None)
+    if steps is not None:
+        env["GPU_CHECK_STEPS"] = steps
     return subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -35,6 +38,13 @@ def test_dry_run_shows_every_step_and_runs_nothing(tmp_path):
     # nothing ran: no build directory, no logs beyond the (empty) summary
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["summary.txt"]
     assert (tmp_path / "out" / "summary.txt").read_text() == ""
+
+
+def test_steps_subset(tmp_path):
+    p = _run(tmp_path, "--dry-run", steps="bench,memcheck")
+    assert p.returncode == 0, p.stderr
+    steps = [line.split()[0] for line in p.stdout.splitlines() if line and not line.startswith((" ", "gpu-check"))]
+    assert steps == ["bench", "memcheck", "memcheck"]
 
 
 def test_bash_syntax_and_bad_argument(tmp_path):
