@@ -9,7 +9,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 CSRC   := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
 JOBS   ?= 2
 
-.PHONY: run test setup build pytest ctest bench clean gpu-check gpu-check-dry-run
+.PHONY: run test setup build pytest ctest bench clean gpu-check gpu-check-dry-run wheel-check
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -59,8 +59,24 @@ gpu-check:
 gpu-check-dry-run:
 	bash tests/gpu_check.sh --dry-run
 
+# The wheel away from the source tree: build it (against the pinned torch), install it into a
+# fresh virtualenv that holds only torch (and what the wheel itself asks for), and run
+# `fastcl info` and one fused op from outside the repository.
+WHEEL_VENV ?= build-wheel-check/venv
+wheel-check: setup
+	rm -rf build-wheel-check && mkdir -p build-wheel-check
+	MAX_JOBS=$(JOBS) $(PIP) wheel -q --no-build-isolation --no-deps -w build-wheel-check .
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip --disable-pip-version-check install -q torch==2.13.0
+	$(WHEEL_VENV)/bin/python -m pip --disable-pip-version-check install -q build-wheel-check/fastcl-*.whl
+	cd build-wheel-check && FASTCL_REQUIRE_EXT=1 venv/bin/fastcl info
+	cd build-wheel-check && FASTCL_REQUIRE_EXT=1 venv/bin/python -c "import torch, fastcl, fastcl.ops as F; \
+	  assert 'site-packages' in fastcl.__file__, fastcl.__file__; assert F.backend() == 'cpu', F.backend(); \
+	  p = [torch.ones(3)]; F.prox_sgd_(p, [torch.ones(3)], [torch.zeros(3)], [torch.ones(3)], 0.5, 1.0); \
+	  assert torch.allclose(p[0], torch.full((3,), 0.25)), p; print('wheel ok:', fastcl.__file__)"
+
 bench: build
 	$(PY) -m pytest -q bench --benchmark-only
 
 clean:
-	rm -rf build build-cmake build-cmake.log build-gpu-check gpu-check-out fastcl/_C*.so *.egg-info $(VENV)/.ext
+	rm -rf build build-cmake build-cmake.log build-gpu-check gpu-check-out build-wheel-check fastcl/_C*.so *.egg-info $(VENV)/.ext
