@@ -6,7 +6,7 @@ reference in :mod:`fastcl.ops.reference`. Episodic memories live in :mod:`fastcl
 """
 
 from ._version import __version__
-from . import ops
+from . import ops, optim
 from .ops import backend
 
 __all__ = ["__version__", "ops", "backend"]
