@@ -9,4 +9,4 @@ from ._version import __version__
 from . import ops, optim
 from .ops import backend
 
-__all__ = ["__version__", "ops", "backend"]
+__all__ = ["__version__", "ops", "optim", "backend"]
