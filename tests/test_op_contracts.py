@@ -358,6 +358,10 @@ def overlap_cases():
                "x every 4th row of data")
     yield ring(set_(y=lambda a, b: a["counts"].view(-1)[3:6]), r"counts and y partially overlap in memory",
                "y a view of counts")
+    ibuf = torch.randint(0, 2, (16, 4))  # int64 rows: counts can be a view of data
+    yield ring(set_(data=lambda a, b: ibuf[:12], x=lambda a, b: ibuf[12:15],
+                    counts=lambda a, b: ibuf[:12].view(-1)[40:46].view(2, 3)),
+               r"data and counts partially overlap in memory", "counts inside data")
     yield reservoir(set_(x=lambda a, b: b[1:6]), r"data and x partially overlap in memory", "x rows of data")
     ints = torch.arange(9)
     yield reservoir(set_(labels=lambda a, b: ints[0:4], y=lambda a, b: ints[2:7]),
@@ -418,6 +422,26 @@ def test_reservoir_insert_of_disjoint_views_of_the_same_storage_is_accepted(impl
     for n in ("data", "labels", "tasks"):
         assert torch.equal(args[n], want[n]), n
     assert torch.equal(ints[8:13], torch.arange(8, 13))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_strided_storage_sharing_no_memory_is_accepted(impl):
+    """Strided (non-dense) labels or counts that share no memory with anything: accepted (the
+    fused ops used to refuse them, "labels and tasks share memory", comparing strided views of
+    different storages as if they might overlap), equal to the reference."""
+    names, args = valid("reservoir_insert_")
+    args["labels"] = torch.zeros(8, dtype=torch.int64)[::2]
+    want = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in args.items()}
+    want["generator"] = torch.Generator().manual_seed(0)
+    assert torch.equal(call(impl, "reservoir_insert_", names, args), call("reference", "reservoir_insert_", names, want))
+    assert torch.equal(args["labels"], want["labels"]) and torch.equal(args["data"], want["data"])
+
+    names, args = valid("ring_insert_")
+    args["counts"] = torch.tensor([[0, 9, 1, 9, 3], [2, 9, 0, 9, 1]])[:, ::2]
+    want = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in args.items()}
+    call(impl, "ring_insert_", names, args)
+    call("reference", "ring_insert_", names, want)
+    assert torch.equal(args["counts"], want["counts"]) and torch.equal(args["data"], want["data"])
 
 
 @pytest.mark.parametrize("impl", IMPLS)

@@ -13,7 +13,11 @@ Conventions shared by every list op:
 * float16 / bfloat16 tensors are stored as such and computed in float32, rounded once when the
   result is stored (the fused kernels' semantics);
 * in-place ops return ``None``; they may be given the same tensor twice (for instance a grad
-  list that *is* the param list), with the result of the out-of-place expression below.
+  list that *is* the param list), with the result of the out-of-place expression below;
+* in-place ops are not differentiable: with grad mode on, a written tensor that requires grad
+  (leaf or not) is refused with a ValueError naming it; under ``torch.no_grad()`` they proceed,
+  as PyTorch's own in-place ops do (see docs/op-contracts.md);
+* every float argument is finite: inf is rejected like nan, naming the argument.
 """
 
 from __future__ import annotations
@@ -626,6 +630,9 @@ def ring_insert_(data: Tensor, counts: Tensor, x: Tensor, y: Tensor, task: int) 
         x: ``[B, *feat]`` examples (dtype of ``data``).
         y: ``[B]`` int64 labels in ``[0, num_classes)``.
         task: the task id of the whole batch.
+
+    ``data`` and ``counts`` share no memory with each other, ``x`` or ``y`` (a batch that is a
+    view of ``data`` is rejected; a disjoint view of the same storage is fine).
     """
     _refuse_grad("ring_insert_", [("data", data), ("counts", counts)])
     m, num_classes = _check_ring(data, counts, x, y, task)
@@ -717,6 +724,9 @@ def reservoir_insert_(data: Tensor, labels: Tensor, tasks: Tensor, x: Tensor, y:
             int64; all written in place.
         x: ``[B, *feat]``; y: ``[B]`` int64; task: the task id stored with them.
         n_seen: examples of the stream seen before this batch.
+
+    ``data``, ``labels`` and ``tasks`` share no memory with each other, ``x`` or ``y`` (a batch
+    that is a view of ``data`` is rejected; a disjoint view of the same storage is fine).
 
     Returns:
         ``[B]`` int64: the slot each example went to, -1 where it was not kept.
