@@ -3,7 +3,6 @@
 // messages (those of fastcl/ops/reference.py).
 #pragma once
 #include <ATen/ATen.h>
-#include <ATen/MemoryOverlap.h>
 
 #include <string>
 

@@ -9,7 +9,6 @@
 // Only the c10/cuda headers are used (stream, guard, error check): they need nothing but the
 // CUDA runtime headers, unlike ATen/cuda/CUDAContext.h (cuBLAS, cuSPARSE, ...).
 #include <ATen/ATen.h>
-#include <ATen/MemoryOverlap.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
