@@ -7,6 +7,9 @@ through fastcl.ops or as torch.ops.fastcl.<op>, and the references):
 * every float argument is finite (inf rejected like nan, naming the argument);
 * the memory ops' storage shares no memory with x, y or each other (rejected, naming both);
   disjoint views of one storage are accepted.
+
+The refusals, the version counters, inf and the memory overlaps are also checked on CUDA when a
+GPU and a CUDA build of the extension are present (DEVICES).
 """
 
 from __future__ import annotations
@@ -34,7 +37,11 @@ IMPLS = [pytest.param("fused", id="fused"), pytest.param("reference", id="refere
 
 
 def fn(impl, op):
-    return {"fused": getattr(F, op, None), "reference": getattr(R, op, None)}.get(impl) or _direct(op)
+    """The callable of ``op`` for ``impl`` ("fused": the fastcl.ops wrapper, "reference", or
+    "torch.ops": the dispatcher directly)."""
+    if impl == "torch.ops":
+        return _direct(op)
+    return getattr(F if impl == "fused" else R, op)
 
 
 def lst(gen, nonneg=False, lead=()):
@@ -42,8 +49,24 @@ def lst(gen, nonneg=False, lead=()):
     return [t.abs() + 0.1 for t in out] if nonneg else out
 
 
-def valid(op, seed=0):
-    """A valid call of ``op``: (positional argument names, {name: value})."""
+DEVICES = ["cpu"] + (["cuda"] if HAVE_EXT and torch.cuda.is_available() and F.cuda_built() else [])
+
+
+def valid(op, seed=0, device="cpu"):
+    """A valid call of ``op`` on ``device``: (positional argument names, {name: value})."""
+    names, args = _valid_cpu(op, seed)
+    if device != "cpu":
+        for k, v in args.items():
+            if isinstance(v, torch.Tensor):
+                args[k] = v.to(device)
+            elif isinstance(v, list):
+                args[k] = [t.to(device) for t in v]
+            elif isinstance(v, torch.Generator):
+                args[k] = torch.Generator(device=device).manual_seed(seed)
+    return names, args
+
+
+def _valid_cpu(op, seed):
     g = torch.Generator().manual_seed(seed)
     if op == "prox_sgd_":
         return ["params", "grads", "anchors", "importance", "lr", "prox"], dict(
@@ -147,11 +170,12 @@ def test_the_issue_example():
         assert torch.equal(x.grad, torch.ones(3))  # y untouched: its true gradient
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("leaf", [True, False], ids=["leaf", "non-leaf"])
 @pytest.mark.parametrize("op,name", GRAD_CASES)
-def test_written_tensor_requiring_grad_is_refused(impl, op, name, leaf):
-    names, args = valid(op)
+def test_written_tensor_requiring_grad_is_refused(impl, op, name, leaf, device):
+    names, args = valid(op, device=device)
     label = _with_grad(args, name, leaf)
     snap = snapshot(args)
     with pytest.raises(ValueError, match=rf"^{label} requires grad: fastcl::{op} writes it in place"):
@@ -208,11 +232,12 @@ def test_read_tensor_requiring_grad_is_accepted_and_stays_out_of_the_graph(impl,
     assert not any(t.requires_grad for t in (written if isinstance(written, list) else [written]))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("op", ["ring_insert_", "reservoir_insert_"])
-def test_memory_ops_bump_the_versions_of_what_they_write(impl, op):
+def test_memory_ops_bump_the_versions_of_what_they_write(impl, op, device):
     """So autograd detects a tensor saved for backward that the op modified."""
-    names, args = valid(op)
+    names, args = valid(op, device=device)
     written = {"ring_insert_": ["data", "counts"], "reservoir_insert_": ["data", "labels", "tasks"]}[op]
     before = {n: args[n]._version for n in names if isinstance(args[n], torch.Tensor)}
     call(impl, op, names, args)
@@ -278,10 +303,11 @@ UNBOUNDED = {
 INF_CASES = [(op, name, v) for op, ns in UNBOUNDED.items() for name in ns for v in (math.inf, 1e400)]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("op,name,value", INF_CASES)
-def test_infinite_scalar_is_rejected(impl, op, name, value):
-    names, args = valid(op)
+def test_infinite_scalar_is_rejected(impl, op, name, value, device):
+    names, args = valid(op, device=device)
     args[name] = value
     snap = snapshot(args)
     with pytest.raises(ValueError, match=rf"^{name} must be finite, got inf$"):
@@ -319,61 +345,76 @@ def test_largest_finite_scalars_are_accepted():
 
 
 # ============================================================================ memory aliasing
-def _ring(buf_rows=16):
+def _ring(buf_rows=16, device="cpu"):
     """ring_insert_ arguments whose data is rows [0, 12) of a larger buffer ``buf``."""
-    names, args = valid("ring_insert_")
-    buf = torch.randn(buf_rows, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    names, args = valid("ring_insert_", device=device)
+    buf = torch.randn(buf_rows, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3)).to(device)
     args["data"] = buf[:12]
     return names, args, buf
 
 
-def _reservoir(buf_rows=8):
-    names, args = valid("reservoir_insert_")
-    buf = torch.randn(buf_rows, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+def _reservoir(buf_rows=8, device="cpu"):
+    names, args = valid("reservoir_insert_", device=device)
+    buf = torch.randn(buf_rows, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4)).to(device)
     args["data"] = buf[:4]
     return names, args, buf
 
 
-def overlap_cases():
-    """(op, names, args, pattern): memory ops whose storage overlaps x, y or itself."""
-    def ring(mut, pattern, id):
-        names, args, buf = _ring()
-        mut(args, buf)
-        return pytest.param("ring_insert_", names, args, pattern, id="ring_insert_-" + id)
-
-    def reservoir(mut, pattern, id):
-        names, args, buf = _reservoir()
-        mut(args, buf)
-        return pytest.param("reservoir_insert_", names, args, pattern, id="reservoir_insert_-" + id)
-
-    def set_(**kw):
-        return lambda a, buf: a.update({k: v(a, buf) for k, v in kw.items()})
-
-    yield ring(set_(x=lambda a, b: a["data"][1:4]), r"data and x partially overlap in memory", "x rows of data")
-    yield ring(set_(x=lambda a, b: a["data"], y=lambda a, b: torch.arange(12) % 3),
-               r"data and x are the same memory", "x is data")
-    yield ring(set_(x=lambda a, b: b.view(-1)[45:57].view(3, 4)), r"data and x partially overlap in memory",
-               "x straddles the end of data")
-    yield ring(set_(x=lambda a, b: a["data"][::4]), r"data and x are strided views of one storage",
-               "x every 4th row of data")
-    yield ring(set_(y=lambda a, b: a["counts"].view(-1)[3:6]), r"counts and y partially overlap in memory",
-               "y a view of counts")
-    ibuf = torch.randint(0, 2, (16, 4))  # int64 rows: counts can be a view of data
-    yield ring(set_(data=lambda a, b: ibuf[:12], x=lambda a, b: ibuf[12:15],
-                    counts=lambda a, b: ibuf[:12].view(-1)[40:46].view(2, 3)),
-               r"data and counts partially overlap in memory", "counts inside data")
-    yield reservoir(set_(x=lambda a, b: b[1:6]), r"data and x partially overlap in memory", "x rows of data")
-    ints = torch.arange(9)
-    yield reservoir(set_(labels=lambda a, b: ints[0:4], y=lambda a, b: ints[2:7]),
-                    r"labels and y partially overlap in memory", "y a view of labels")
-    yield reservoir(set_(tasks=lambda a, b: a["labels"]), r"labels and tasks are the same memory", "labels is tasks")
+def _set(**kw):
+    """A mutation of (args, buf): ``args[k] = make(args, buf)`` for each ``k=make``, in order."""
+    def mutate(a, buf):
+        for k, make in kw.items():
+            a[k] = make(a, buf)
+    return mutate
 
 
+def _ints(b, n):
+    return torch.arange(n, device=b.device)
+
+
+# (op, mutation of the valid call, error pattern): memory ops whose storage overlaps x, y or itself
+OVERLAPS = {
+    "ring_insert_-x rows of data": (
+        "ring_insert_", _set(x=lambda a, b: a["data"][1:4]), r"data and x partially overlap in memory"),
+    "ring_insert_-x is data": (
+        "ring_insert_", _set(x=lambda a, b: a["data"], y=lambda a, b: _ints(b, 12) % 3),
+        r"data and x are the same memory"),
+    "ring_insert_-x straddles the end of data": (
+        "ring_insert_", _set(x=lambda a, b: b.view(-1)[45:57].view(3, 4)), r"data and x partially overlap in memory"),
+    "ring_insert_-x every 4th row of data": (
+        "ring_insert_", _set(x=lambda a, b: a["data"][::4]), r"data and x are strided views of one storage"),
+    "ring_insert_-y a view of counts": (
+        "ring_insert_", _set(y=lambda a, b: a["counts"].view(-1)[3:6]), r"counts and y partially overlap in memory"),
+    "ring_insert_-counts inside data": (  # int64 rows: counts can be a view of data
+        "ring_insert_", _set(data=lambda a, b: _ints(b, 64).view(16, 4)[:12] % 2,
+                             x=lambda a, b: a["data"].new_zeros(3, 4),
+                             counts=lambda a, b: a["data"].view(-1)[40:46].view(2, 3)),
+        r"data and counts partially overlap in memory"),
+    "reservoir_insert_-x rows of data": (
+        "reservoir_insert_", _set(x=lambda a, b: b[1:6]), r"data and x partially overlap in memory"),
+    "reservoir_insert_-y a view of labels": (
+        "reservoir_insert_", _set(labels=lambda a, b: _ints(b, 9)[0:4], y=lambda a, b: a["labels"].as_strided((5,), (1,), 2)),
+        r"labels and y partially overlap in memory"),
+    "reservoir_insert_-labels is tasks": (
+        "reservoir_insert_", _set(tasks=lambda a, b: a["labels"]), r"labels and tasks are the same memory"),
+}
+
+
+def overlapping(case, device="cpu"):
+    """(op, names, args, pattern) of an OVERLAPS case on ``device``."""
+    op, mutate, pattern = OVERLAPS[case]
+    names, args, buf = (_ring if op == "ring_insert_" else _reservoir)(device=device)
+    mutate(args, buf)
+    return op, names, args, pattern
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("op,names,args,pattern", list(overlap_cases()))
-def test_memory_overlap_is_rejected(impl, op, names, args, pattern):
+@pytest.mark.parametrize("case", list(OVERLAPS))
+def test_memory_overlap_is_rejected(impl, case, device):
     """Before: no error, and the fused op and the reference gave different memories (one read x
     before any write, the other example by example). Now both refuse, naming both tensors."""
+    op, names, args, pattern = overlapping(case, device)
     snap = snapshot(args)
     state = args["generator"].get_state() if "generator" in args else None
     with pytest.raises(ValueError, match=pattern):
@@ -383,8 +424,9 @@ def test_memory_overlap_is_rejected(impl, op, names, args, pattern):
         assert torch.equal(args["generator"].get_state(), state), "a rejected call drew from the generator"
 
 
-@pytest.mark.parametrize("op,names,args,pattern", list(overlap_cases()))
-def test_memory_overlap_gives_one_error_in_both_implementations(op, names, args, pattern):
+@pytest.mark.parametrize("case", list(OVERLAPS))
+def test_memory_overlap_gives_one_error_in_both_implementations(case):
+    op, names, args, _ = overlapping(case)
     errors = []
     for impl in ("fused", "reference", *(("torch.ops",) if HAVE_EXT else ())):
         with pytest.raises(ValueError) as info:
