@@ -497,3 +497,27 @@ def test_ring_insert_of_an_interleaved_disjoint_strided_view_is_refused(impl):
     with pytest.raises(ValueError, match=r"data and x are strided views of one storage"):
         call(impl, "ring_insert_", names, args)
     assert_unchanged(snap, "a rejected call")
+
+
+@needs_ext
+def test_compiled_calls_keep_the_autograd_contract():
+    """torch.compile traces through the same Autograd kernel: a written tensor that requires grad
+    is refused at trace time; under torch.no_grad() the compiled step updates it and bumps its
+    version."""
+    torch._dynamo.reset()
+
+    def step(params, grads):
+        F.prox_sgd_(params, grads, None, None, 0.1, 0.0)
+        return params[0] * 2
+
+    g = [torch.randn(3)]
+    p = [torch.randn(3, requires_grad=True)]
+    before = p[0].detach().clone()
+    with pytest.raises(Exception, match=r"params\[0\] requires grad"):
+        torch.compile(step, backend="aot_eager", fullgraph=True)(p, g)
+    assert torch.equal(p[0].detach(), before)
+    with torch.no_grad():
+        version = p[0]._version
+        torch.compile(step, backend="aot_eager", fullgraph=True)(p, g)
+        torch.testing.assert_close(p[0], before - 0.1 * g[0])
+        assert p[0]._version > version
