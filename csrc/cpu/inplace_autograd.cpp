@@ -17,10 +17,10 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/InferenceMode.h>
+#include <c10/util/SmallVector.h>
 #include <torch/library.h>
 
 #include <string>
-#include <vector>
 
 namespace fastcl {
 namespace {
@@ -30,36 +30,33 @@ constexpr const char* kInPlaceOps[] = {"prox_sgd_",        "taylor_importance_",
                                        "trajectory_shift_", "mlp_prox_steps_",    "ring_insert_",
                                        "reservoir_insert_"};
 
-struct WrittenArg {
-  std::string name;
-  bool list;
-  std::vector<at::Tensor> tensors;
-  // "params[2]" for a list argument, "data" for a tensor argument (as the error messages say).
-  std::string label(size_t i) const { return list ? name + "[" + std::to_string(i) + "]" : name; }
-};
-
-// The tensors one call writes: its Tensor(a!) arguments, except the thetas of trajectory_shift_
-// with shift=False (it only reads them then).
-std::vector<WrittenArg> written_args(const c10::OperatorHandle& op, const torch::jit::Stack& stack) {
+// Calls f(argument, index in its list or -1, tensor) for every tensor one call writes: its
+// Tensor(a!) arguments, except the thetas of trajectory_shift_ with shift=False (it only reads
+// them then). Reads the stack in place (no copies: this runs on every call).
+template <typename F>
+void for_each_written(const c10::OperatorHandle& op, const torch::jit::Stack& stack, F&& f) {
   const c10::FunctionSchema& schema = op.schema();
   const auto& args = schema.arguments();
   const size_t base = stack.size() - args.size();
-  std::vector<WrittenArg> out;
   for (size_t i = 0; i < args.size(); ++i) {
-    if (!schema.is_mutable({c10::SchemaArgType::input, i})) continue;
-    if (schema.name() == "fastcl::trajectory_shift_" && args[i].name() == "thetas" &&
+    const c10::AliasInfo* alias = args[i].alias_info();
+    if (alias == nullptr || !alias->isWrite()) continue;
+    if (args[i].name() == "thetas" && schema.name() == "fastcl::trajectory_shift_" &&
         !stack[base + *schema.argumentIndexWithName("shift")].toBool())
       continue;
     const c10::IValue& v = stack[base + i];
-    WrittenArg w{args[i].name(), v.isTensorList(), {}};
     if (v.isTensor()) {
-      w.tensors.push_back(v.toTensor());
+      f(args[i], -1, v.toTensor());
     } else if (v.isTensorList()) {
-      w.tensors = v.toTensorVector();
+      const auto list = v.toListRef();
+      for (size_t j = 0; j < list.size(); ++j) f(args[i], int64_t(j), list[j].toTensor());
     }
-    out.push_back(std::move(w));
   }
-  return out;
+}
+
+// "params[2]" for a tensor of a list argument, "data" for a tensor argument (index -1).
+std::string label(const c10::Argument& arg, int64_t index) {
+  return index < 0 ? arg.name() : arg.name() + "[" + std::to_string(index) + "]";
 }
 
 // Autograd: refuses what PyTorch's in-place ops refuse, before anything runs. Inference tensors
@@ -68,23 +65,19 @@ void check_written(const c10::OperatorHandle& op, c10::DispatchKeySet ks,
                    torch::jit::Stack* stack) {
   const bool grad = at::GradMode::is_enabled();
   const bool inference = c10::InferenceMode::is_enabled();
-  for (const auto& w : written_args(op, *stack)) {
-    for (size_t i = 0; i < w.tensors.size(); ++i) {
-      const at::Tensor& t = w.tensors[i];
-      if (!t.defined()) continue;
-      TORCH_CHECK_VALUE(!(grad && t.requires_grad()), w.label(i), " requires grad: ",
-                        op.schema().name(),
-                        " writes it in place and is not differentiable, so gradients through it "
-                        "would be silently wrong; call the op under torch.no_grad(), or pass a "
-                        "tensor that does not require grad");
-      // bump_version() would raise for it once the kernel has written it
-      TORCH_CHECK_VALUE(inference || t.unsafeGetTensorImpl()->version_counter().enabled(),
-                        w.label(i),
-                        " is an inference tensor: an inplace update to an inference tensor "
-                        "outside InferenceMode is not allowed (clone it outside InferenceMode "
-                        "first)");
-    }
-  }
+  for_each_written(op, *stack, [&](const c10::Argument& arg, int64_t i, const at::Tensor& t) {
+    if (!t.defined()) return;
+    TORCH_CHECK_VALUE(!(grad && t.requires_grad()), label(arg, i), " requires grad: ",
+                      op.schema().name(),
+                      " writes it in place and is not differentiable, so gradients through it "
+                      "would be silently wrong; call the op under torch.no_grad(), or pass a "
+                      "tensor that does not require grad");
+    // bump_version() would raise for it once the kernel has written it
+    TORCH_CHECK_VALUE(inference || t.unsafeGetTensorImpl()->version_counter().enabled(),
+                      label(arg, i),
+                      " is an inference tensor: an inplace update to an inference tensor outside "
+                      "InferenceMode is not allowed (clone it outside InferenceMode first)");
+  });
   at::AutoDispatchBelowAutograd guard;
   op.redispatchBoxed(ks & c10::after_autograd_keyset, stack);
 }
@@ -92,14 +85,15 @@ void check_written(const c10::OperatorHandle& op, c10::DispatchKeySet ks,
 // ADInplaceOrView: the version counters of the written tensors, bumped after the kernel ran.
 void bump_versions(const c10::OperatorHandle& op, c10::DispatchKeySet ks,
                    torch::jit::Stack* stack) {
-  const auto written = written_args(op, *stack);
+  c10::SmallVector<at::Tensor, 16> written;  // the stack's arguments are gone after the call
+  for_each_written(op, *stack, [&](const c10::Argument&, int64_t, const at::Tensor& t) {
+    if (t.defined()) written.push_back(t);
+  });
   {
     at::AutoDispatchBelowADInplaceOrView guard;
     op.redispatchBoxed(ks & c10::after_ADInplaceOrView_keyset, stack);
   }
-  for (const auto& w : written)
-    for (const auto& t : w.tensors)
-      if (t.defined()) t.unsafeGetTensorImpl()->bump_version();
+  for (const auto& t : written) t.unsafeGetTensorImpl()->bump_version();
 }
 
 }  // namespace
