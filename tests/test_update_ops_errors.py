@@ -96,6 +96,8 @@ def scalar_cases():
             for v in (-1e-9, -1.0, -math.inf):
                 yield pytest.param(op, name, v, ValueError, rf"{name} must be >= 0", id=f"{op}-{name}={v}")
             yield pytest.param(op, name, math.nan, ValueError, rf"{name} must not be nan", id=f"{op}-{name}=nan")
+            yield pytest.param(op, name, math.inf, ValueError, rf"{name} must be finite, got inf",
+                               id=f"{op}-{name}=inf")
             yield pytest.param(op, name, "0.1", TypeError, rf"{name} must be a real number", id=f"{op}-{name}=str")
             yield pytest.param(op, name, None, TypeError, rf"{name} must be a real number", id=f"{op}-{name}=None")
         if op in DECAY:

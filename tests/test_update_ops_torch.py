@@ -312,7 +312,8 @@ def test_backward_detects_inplace_update_of_saved_tensor(impl):
     x = torch.randn(3, requires_grad=True)
     w = x * 1
     loss = (w * w).sum()  # saves w
-    impl.prox_sgd_([w], [torch.ones(3)], None, None, 0.1, 0.0)
+    with torch.no_grad():  # in grad mode the update of a tensor that requires grad is refused
+        impl.prox_sgd_([w], [torch.ones(3)], None, None, 0.1, 0.0)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         loss.backward()
 

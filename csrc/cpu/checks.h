@@ -18,7 +18,13 @@ struct NamedList {
   const char* name;
   at::TensorList tensors;
   bool lead = false;  // carries one extra leading dimension (T) over the reference list
+  bool lone = false;  // a single tensor argument: named "x", not "x[0]", in messages
 };
+
+// One tensor argument of a call (check_aliasing names it without an index).
+inline NamedList lone(const char* name, const at::Tensor& t) {
+  return NamedList{name, at::TensorList(t), false, true};
+}
 
 // "torch.float64", as Python prints a dtype (and as the reference's messages say).
 inline std::string dtype_name(at::ScalarType t) {
@@ -109,7 +115,7 @@ inline void check_lists(const std::vector<NamedList>& lists) {
 inline void check_aliasing(const std::vector<NamedList>& written,
                            const std::vector<NamedList>& read, bool allow_in_place = true) {
   struct Entry {
-    const char* name;
+    std::string name;  // "params[2]", or "x" for a lone tensor
     size_t index;
     bool written;
     const at::Tensor* t;
@@ -119,22 +125,25 @@ inline void check_aliasing(const std::vector<NamedList>& written,
   auto add = [&](const NamedList& l, bool w) {
     for (size_t i = 0; i < l.tensors.size(); ++i) {
       const at::Tensor& t = l.tensors[i];
+      std::string name = l.lone ? l.name : std::string(l.name) + "[" + std::to_string(i) + "]";
       if (w) {
-        TORCH_CHECK_VALUE(at::has_internal_overlap(t) != at::MemOverlap::Yes, l.name, "[", i,
-                          "] has internally overlapping memory (an expanded view?); it cannot be "
+        TORCH_CHECK_VALUE(at::has_internal_overlap(t) != at::MemOverlap::Yes, name,
+                          " has internally overlapping memory (an expanded view?); it cannot be "
                           "written in place");
       }
       if (t.numel() == 0 || !t.has_storage()) continue;
       int64_t span = 1;
       for (int64_t d = 0; d < t.dim(); ++d) span += (t.size(d) - 1) * t.stride(d);
       const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
-      entries.push_back({l.name, i, w, &t, begin, begin + uintptr_t(span) * t.element_size()});
+      entries.push_back(
+          {std::move(name), i, w, &t, begin, begin + uintptr_t(span) * t.element_size()});
     }
   };
   for (const auto& l : written) add(l, true);
   for (const auto& l : read) add(l, false);
-  std::sort(entries.begin(), entries.end(),
-            [](const Entry& x, const Entry& y) { return x.begin < y.begin; });
+  // stable: of two tensors starting at one address, the one listed first is named first
+  std::stable_sort(entries.begin(), entries.end(),
+                   [](const Entry& x, const Entry& y) { return x.begin < y.begin; });
   for (size_t k = 0; k < entries.size(); ++k) {
     const Entry& x = entries[k];
     for (size_t m = k + 1; m < entries.size() && entries[m].begin < x.end; ++m) {
@@ -150,15 +159,14 @@ inline void check_aliasing(const std::vector<NamedList>& written,
         // contiguous copy before any write); not so when it reads them over several steps
         // (!allow_in_place). Two written ones would be written back in an order the reference
         // does not follow.
-        TORCH_CHECK_VALUE(allow_in_place && !(x.written && y.written), w.name, "[", w.index,
-                          "] and ", o.name, "[", o.index,
-                          "] are strided views of one storage whose byte ranges intersect; "
+        TORCH_CHECK_VALUE(allow_in_place && !(x.written && y.written), w.name, " and ", o.name,
+                          " are strided views of one storage whose byte ranges intersect; "
                           "written tensors must be provably disjoint");
         continue;
       }
       const bool in_place = allow_in_place && st == at::MemOverlapStatus::Full &&
                             x.index == y.index && x.written != y.written;
-      TORCH_CHECK_VALUE(in_place, w.name, "[", w.index, "] and ", o.name, "[", o.index, "] ",
+      TORCH_CHECK_VALUE(in_place, w.name, " and ", o.name, " ",
                         st == at::MemOverlapStatus::Full ? "are the same memory"
                                                          : "partially overlap in memory",
                         allow_in_place
@@ -169,10 +177,13 @@ inline void check_aliasing(const std::vector<NamedList>& written,
   }
 }
 
+// A float argument: finite (no op defines what an infinite step size or rate would mean) and
+// in [low, high] (high = INFINITY: no upper bound).
 inline void check_real(const char* name, double v, double low, double high) {
   TORCH_CHECK_VALUE(!std::isnan(v), name, " must not be nan");
   TORCH_CHECK_VALUE(v >= low, name, " must be >= ", py_float(low), ", got ", py_float(v));
   TORCH_CHECK_VALUE(v <= high, name, " must be <= ", py_float(high), ", got ", py_float(v));
+  TORCH_CHECK_VALUE(std::isfinite(v), name, " must be finite, got ", py_float(v));
 }
 
 }  // namespace fastcl

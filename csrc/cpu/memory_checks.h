@@ -3,9 +3,10 @@
 // messages (those of fastcl/ops/reference.py).
 #pragma once
 #include <ATen/ATen.h>
-#include <ATen/MemoryOverlap.h>
 
 #include <string>
+
+#include "cpu/checks.h"
 
 namespace fastcl {
 
@@ -22,22 +23,10 @@ inline void check_x_shape(const at::Tensor& x, const at::Tensor& data) {
                     " (the row shape of data)");
 }
 
-inline void check_no_overlap(const char* a_name, const at::Tensor& a, const char* b_name,
-                             const at::Tensor& b) {
-  TORCH_CHECK_VALUE(at::get_overlap_status(a, b) == at::MemOverlapStatus::No, a_name, " and ",
-                    b_name, " share memory; they must be separate tensors");
-}
-
 inline void check_counts(const at::Tensor& counts) {
   TORCH_CHECK_TYPE(counts.scalar_type() == at::kLong && counts.dim() == 2,
                    "counts must be a 2-d int64 tensor [num_tasks, num_classes], got ",
                    counts.scalar_type(), " ", counts.sizes());
-}
-
-inline void check_not_self_overlapping(const at::Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(at::has_internal_overlap(t) != at::MemOverlap::Yes, name,
-                    " has internally overlapping memory (an expanded view?); it cannot be "
-                    "written in place");
 }
 
 // m, the slots per ring: data must hold num_tasks*num_classes*m rows with m >= 1 (counts is
@@ -51,22 +40,27 @@ inline int64_t check_ring_rows(const at::Tensor& data, const at::Tensor& counts)
   return rows / rings;
 }
 
-// x as a plain contiguous buffer that does not share memory with `written` (an x that is a view
-// of the storage being written is read from a copy, so rows written early never change rows
-// read later).
-inline at::Tensor source_rows(const at::Tensor& x, const at::Tensor& written) {
-  const at::Tensor r = x.resolve_conj().resolve_neg();
-  if (x.numel() > 0 && at::get_overlap_status(written, x) != at::MemOverlapStatus::No)
-    return r.clone(at::MemoryFormat::Contiguous);
-  return r.contiguous();
+// The memory ops write their storage (data, counts / labels, tasks) in an order of their own
+// (one pass, rows in parallel) where the reference writes example by example: a written tensor
+// sharing memory with another argument (x a view of data, y a view of labels, labels that are
+// tasks) would make the result depend on that order. No sharing at all is allowed (with the
+// rules and messages of check_aliasing: disjoint views of one storage are fine).
+inline void check_memory_aliasing(const std::vector<NamedList>& written, const at::Tensor& x,
+                                  const at::Tensor& y) {
+  check_aliasing(written, {lone("x", x), lone("y", y)}, /*allow_in_place=*/false);
+}
+
+// x as a plain contiguous buffer (checked disjoint from data by check_memory_aliasing).
+inline at::Tensor source_rows(const at::Tensor& x) {
+  return x.resolve_conj().resolve_neg().contiguous();
 }
 
 struct RingLayout {
   int64_t num_tasks, num_classes, m, b;
 };
 
-// ring_insert_: shapes, dtypes, devices and the task id (not the values of y and counts, which
-// the CPU reads directly and the CUDA glue reads in one synchronisation).
+// ring_insert_: shapes, dtypes, devices, the task id and memory sharing (not the values of y
+// and counts, which the CPU reads directly and the CUDA glue reads in one synchronisation).
 inline RingLayout check_ring_insert_args(const at::Tensor& data, const at::Tensor& counts,
                                          const at::Tensor& x, const at::Tensor& y, int64_t task) {
   check_counts(counts);
@@ -85,6 +79,7 @@ inline RingLayout check_ring_insert_args(const at::Tensor& data, const at::Tenso
                     ", counts on ", counts.device(), ", x on ", x.device(), ", y on ", y.device());
   TORCH_CHECK_VALUE(task >= 0 && task < num_tasks, "task must be an int in [0, ", num_tasks,
                     "), got ", task);
+  check_memory_aliasing({lone("data", data), lone("counts", counts)}, x, y);
   return RingLayout{num_tasks, num_classes, m, b};
 }
 
@@ -115,11 +110,7 @@ inline int64_t check_reservoir_insert_args(const at::Tensor& data, const at::Ten
                     "data, labels, tasks, x and y must be on one device; got data on ",
                     data.device(), ", labels on ", labels.device(), ", tasks on ", tasks.device(),
                     ", x on ", x.device(), ", y on ", y.device());
-  check_not_self_overlapping(data, "data");
-  check_not_self_overlapping(labels, "labels");
-  check_not_self_overlapping(tasks, "tasks");
-  check_no_overlap("labels", labels, "tasks", tasks);
-
+  check_memory_aliasing({lone("data", data), lone("labels", labels), lone("tasks", tasks)}, x, y);
   return cap;
 }
 

@@ -14,7 +14,6 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/DistributionsHelper.h>
-#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -101,13 +100,10 @@ void ring_insert_(const at::Tensor& data, const at::Tensor& counts, const at::Te
                       "), got values in [", lo, ", ", hi, "]");
   }
   check_counts_nonnegative(counts);
-  check_not_self_overlapping(data, "data");
-  check_not_self_overlapping(counts, "counts");
-  check_no_overlap("counts", counts, "y", y);
   if (b == 0) return;
 
   // ---- slots: example i of class c goes to ring (task, c) at (counts + rank) % m ----
-  const at::Tensor src = source_rows(x, data);
+  const at::Tensor src = source_rows(x);
   int64_t* cnt = counts.mutable_data_ptr<int64_t>() + task * counts.stride(0);
   const int64_t cs = counts.stride(1);
   // per_class[c]: examples of class c met so far in the batch (after the first pass: all of
@@ -259,12 +255,12 @@ at::Tensor reservoir_insert_(const at::Tensor& data, const at::Tensor& labels,
   int64_t* sp = slots.mutable_data_ptr<int64_t>();
   for (int64_t i = 0; i < b; ++i) sp[i] = k::reservoir_slot(n_seen + i, up[i], cap);
 
-  // Labels are read before anything is written (y may be a view of labels or tasks).
+  // The labels, read once (y shares no memory with what is written: check_memory_aliasing).
   const int64_t* yp = y.const_data_ptr<int64_t>();
   const int64_t ys = y.stride(0);
   std::vector<int64_t> yv(b);
   for (int64_t i = 0; i < b; ++i) yv[i] = yp[i * ys];
-  const at::Tensor src = source_rows(x, data);
+  const at::Tensor src = source_rows(x);
 
   int64_t* lp = labels.mutable_data_ptr<int64_t>();
   int64_t* tp = tasks.mutable_data_ptr<int64_t>();

@@ -140,7 +140,7 @@ inline int64_t check_mlp_prox_steps_args(at::TensorList params, const at::Tensor
   TORCH_CHECK_VALUE(x.device() == params[0].device() && y.device() == params[0].device(),
                     "x and y must be on the device of params[0] (", params[0].device(),
                     "), got x on ", x.device(), ", y on ", y.device());
-  std::vector<NamedList> read{{"x", at::TensorList(x)}, {"y", at::TensorList(y)}};
+  std::vector<NamedList> read{lone("x", x), lone("y", y)};
   if (anchors) {
     read.push_back({"anchors", *anchors});
     read.push_back({"importance", *importance});

@@ -1,7 +1,8 @@
 // CPU kernels of the parameter-update ops: prox_sgd_ / prox_sgd, taylor_importance_,
-// emcl_meta_step_, trajectory_shift_ (mlp_prox_steps_ is in mlp_ops.cpp; the version-counter
-// kernels of all of them are here). Every op checks all of its arguments first (a rejected
-// call writes nothing), then runs one parallel loop over the elements of the whole list.
+// emcl_meta_step_, trajectory_shift_ (mlp_prox_steps_ is in mlp_ops.cpp; the autograd and
+// version-counter kernels of every in-place op are in inplace_autograd.cpp). Every op checks
+// all of its arguments first (a rejected call writes nothing), then runs one parallel loop over
+// the elements of the whole list.
 // float and double run the ISA-dispatched loops of loops.cpp; half and bfloat16 are stored
 // as such and computed in float.
 #include <ATen/ATen.h>
@@ -214,115 +215,6 @@ void trajectory_shift_(at::TensorList phi, at::TensorList thetas, double meta_lr
 }
 
 }  // namespace
-
-// ---- version counters (every device) ----
-// An op registered from C++ has no ADInplaceOrView kernel unless it is given one, and then
-// nothing bumps the autograd version counter of the tensors it writes: autograd could not
-// tell that a tensor saved for backward was modified, and backward would silently use the
-// new values. These kernels redispatch below ADInplaceOrView and bump the counters of the
-// written tensors afterwards (a rejected call changes nothing, versions included), as the
-// kernels PyTorch generates for its own in-place ops do. They are device-agnostic; they live
-// here, beside the ops they describe, because this file is built for every backend.
-namespace ad_inplace {
-
-inline void bump(at::TensorList ts) {
-  for (const auto& t : ts) t.unsafeGetTensorImpl()->bump_version();
-}
-
-// bump() after the kernel would raise for an inference tensor outside InferenceMode (it has
-// no version counter), once the kernel has written it: check first, so the call changes nothing.
-inline void check_versioned(const char* name, at::TensorList ts) {
-  if (c10::InferenceMode::is_enabled()) return;
-  for (size_t i = 0; i < ts.size(); ++i)
-    TORCH_CHECK_VALUE(ts[i].unsafeGetTensorImpl()->version_counter().enabled(), name, "[", i,
-                      "] is an inference tensor: an inplace update to an inference tensor "
-                      "outside InferenceMode is not allowed (clone it outside InferenceMode first)");
-}
-
-template <typename Sig>
-c10::TypedOperatorHandle<Sig> handle(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
-}
-
-void prox_sgd_(c10::DispatchKeySet ks, at::TensorList params, at::TensorList grads, OptList anchors,
-               OptList importance, double lr, double prox) {
-  static const auto op = handle<decltype(cpu::prox_sgd_)>("fastcl::prox_sgd_");
-  check_versioned("params", params);
-  {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    op.redispatch(ks & c10::after_ADInplaceOrView_keyset, params, grads, anchors, importance, lr,
-                  prox);
-  }
-  bump(params);
-}
-
-void taylor_importance_(c10::DispatchKeySet ks, at::TensorList importance, at::TensorList grads,
-                        at::TensorList params, double decay) {
-  static const auto op = handle<decltype(cpu::taylor_importance_)>("fastcl::taylor_importance_");
-  check_versioned("importance", importance);
-  {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    op.redispatch(ks & c10::after_ADInplaceOrView_keyset, importance, grads, params, decay);
-  }
-  bump(importance);
-}
-
-void emcl_meta_step_(c10::DispatchKeySet ks, at::TensorList params, at::TensorList fast_params,
-                     at::TensorList importance, at::TensorList meta_lrs, at::TensorList grads,
-                     double lam, double decay, double r, int64_t lr_mode, double alpha0,
-                     double eps) {
-  static const auto op = handle<decltype(cpu::emcl_meta_step_)>("fastcl::emcl_meta_step_");
-  check_versioned("params", params);
-  check_versioned("importance", importance);
-  check_versioned("meta_lrs", meta_lrs);
-  {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    op.redispatch(ks & c10::after_ADInplaceOrView_keyset, params, fast_params, importance,
-                  meta_lrs, grads, lam, decay, r, lr_mode, alpha0, eps);
-  }
-  bump(params);
-  bump(importance);
-  bump(meta_lrs);
-}
-
-void trajectory_shift_(c10::DispatchKeySet ks, at::TensorList phi, at::TensorList thetas,
-                       double meta_lr, bool shift) {
-  static const auto op = handle<decltype(cpu::trajectory_shift_)>("fastcl::trajectory_shift_");
-  check_versioned("phi", phi);
-  if (shift) check_versioned("thetas", thetas);
-  {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    op.redispatch(ks & c10::after_ADInplaceOrView_keyset, phi, thetas, meta_lr, shift);
-  }
-  bump(phi);
-  if (shift) bump(thetas);  // shift=False only reads thetas
-}
-
-// mlp_prox_steps_ (kernel in csrc/cpu/mlp_ops.cpp) writes params only.
-using MlpProxSteps = void(at::TensorList, const at::Tensor&, const at::Tensor&, OptList, OptList,
-                          double, double);
-void mlp_prox_steps_(c10::DispatchKeySet ks, at::TensorList params, const at::Tensor& x,
-                     const at::Tensor& y, OptList anchors, OptList importance, double lr,
-                     double prox) {
-  static const auto op = handle<MlpProxSteps>("fastcl::mlp_prox_steps_");
-  check_versioned("params", params);
-  {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    op.redispatch(ks & c10::after_ADInplaceOrView_keyset, params, x, y, anchors, importance, lr,
-                  prox);
-  }
-  bump(params);
-}
-
-}  // namespace ad_inplace
-
-TORCH_LIBRARY_IMPL(fastcl, ADInplaceOrView, m) {
-  m.impl("prox_sgd_", TORCH_FN(ad_inplace::prox_sgd_));
-  m.impl("taylor_importance_", TORCH_FN(ad_inplace::taylor_importance_));
-  m.impl("emcl_meta_step_", TORCH_FN(ad_inplace::emcl_meta_step_));
-  m.impl("trajectory_shift_", TORCH_FN(ad_inplace::trajectory_shift_));
-  m.impl("mlp_prox_steps_", TORCH_FN(ad_inplace::mlp_prox_steps_));
-}
 
 TORCH_LIBRARY_IMPL(fastcl, CPU, m) {
   m.impl("prox_sgd_", &prox_sgd_);

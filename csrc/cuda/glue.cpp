@@ -9,7 +9,6 @@
 // Only the c10/cuda headers are used (stream, guard, error check): they need nothing but the
 // CUDA runtime headers, unlike ATen/cuda/CUDAContext.h (cuBLAS, cuSPARSE, ...).
 #include <ATen/ATen.h>
-#include <ATen/MemoryOverlap.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -286,11 +285,8 @@ void ring_insert_(const at::Tensor& data, const at::Tensor& counts, const at::Te
                       "counts must be >= 0 (examples inserted per ring), got a minimum of ",
                       sp[b > 0 ? 2 : 0]);
   }
-  check_not_self_overlapping(data, "data");
-  check_not_self_overlapping(counts, "counts");
-  check_no_overlap("counts", counts, "y", y);
   if (b == 0) return;
-  const at::Tensor xc = source_rows(x, data);
+  const at::Tensor xc = source_rows(x);
   const at::Tensor yc = y.contiguous();
   const std::vector<Staged> out{stage(data), stage(counts)};
   const at::Tensor workspace = at::empty({2 * b}, yc.options());
@@ -347,12 +343,8 @@ at::Tensor reservoir_insert_(const at::Tensor& data, const at::Tensor& labels,
   const at::Tensor u = at::rand({b}, generator, data.options().dtype(at::kDouble));
   at::Tensor slots = at::empty({b}, data.options().dtype(at::kLong));
   if (b == 0) return slots;
-  const at::Tensor xc = source_rows(x, data);
-  // y may be a view of labels or tasks: then it is read from a copy.
-  const at::Tensor yc = (at::get_overlap_status(labels, y) != at::MemOverlapStatus::No ||
-                         at::get_overlap_status(tasks, y) != at::MemOverlapStatus::No)
-                            ? y.clone(at::MemoryFormat::Contiguous)
-                            : y.contiguous();
+  const at::Tensor xc = source_rows(x);
+  const at::Tensor yc = y.contiguous();  // disjoint from labels and tasks (checked)
   const std::vector<Staged> out{stage(data), stage(labels), stage(tasks)};
   const at::Tensor workspace = at::empty({cap}, slots.options());
   C10_CUDA_CHECK(launch::reservoir_insert(

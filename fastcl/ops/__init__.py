@@ -6,7 +6,11 @@ a CUDA kernel, and a pure-PyTorch reference of the same signature in
 the extension is loaded and the reference otherwise (see :func:`backend`).
 
 In-place ops check every argument before writing any element: a rejected call changes
-nothing. Errors are ``ValueError`` / ``TypeError`` naming the argument.
+nothing. Errors are ``ValueError`` / ``TypeError`` naming the argument. They keep PyTorch's
+contracts for in-place ops (docs/op-contracts.md): with grad mode on they refuse to write a
+tensor that requires grad (call them under ``torch.no_grad()``), they bump the version counter of
+what they write, every float argument must be finite, and a written tensor may share memory with
+another argument only as the op's aliasing rules allow.
 """
 
 from __future__ import annotations

@@ -13,7 +13,11 @@ Conventions shared by every list op:
 * float16 / bfloat16 tensors are stored as such and computed in float32, rounded once when the
   result is stored (the fused kernels' semantics);
 * in-place ops return ``None``; they may be given the same tensor twice (for instance a grad
-  list that *is* the param list), with the result of the out-of-place expression below.
+  list that *is* the param list), with the result of the out-of-place expression below;
+* in-place ops are not differentiable: with grad mode on, a written tensor that requires grad
+  (leaf or not) is refused with a ValueError naming it; under ``torch.no_grad()`` they proceed,
+  as PyTorch's own in-place ops do (see docs/op-contracts.md);
+* every float argument is finite: inf is rejected like nan, naming the argument.
 """
 
 from __future__ import annotations
@@ -99,6 +103,8 @@ def _check_real(name: str, value, *, low=None, high=None):
         raise ValueError(f"{name} must be >= {low}, got {value}")
     if high is not None and value > high:
         raise ValueError(f"{name} must be <= {high}, got {value}")
+    if math.isinf(value):  # no op defines what an infinite step size or rate would mean
+        raise ValueError(f"{name} must be finite, got {value}")
     return value
 
 
@@ -129,20 +135,53 @@ def _overlap(a: Tensor, b: Tensor) -> str:
     return "partial" if a0 < b1 and b0 < a1 else "no"
 
 
+def _labelled(pairs):
+    """``(label, index, tensor)`` for each tensor of ``(name, list)`` / ``(name, tensor)`` pairs:
+    ``"params[2]"``, or ``"x"`` for a lone tensor argument (index 0)."""
+    for name, value in pairs:
+        if isinstance(value, Tensor):
+            yield name, 0, value
+        else:
+            for i, t in enumerate(value):
+                yield f"{name}[{i}]", i, t
+
+
+def _refuse_grad(op: str, written) -> None:
+    """With grad mode on, no written tensor may require grad, leaf or not: the in-place ops are
+    not differentiable, and autograd would silently miss the update (the rule of the fused ops'
+    Autograd kernel, csrc/cpu/inplace_autograd.cpp). Under torch.no_grad() they proceed.
+
+    Args:
+        op: the op's name, for the message.
+        written: ``(name, list or tensor)`` pairs, as passed (anything else is left to the
+            other checks).
+    """
+    if not torch.is_grad_enabled():
+        return
+    for name, value in written:
+        if not isinstance(value, (Tensor, list, tuple)):
+            continue
+        for label, _, t in _labelled([(name, value)]):
+            if isinstance(t, Tensor) and t.requires_grad:
+                raise ValueError(f"{label} requires grad: fastcl::{op} writes it in place and is not differentiable, "
+                                 "so gradients through it would be silently wrong; call the op under torch.no_grad(), "
+                                 "or pass a tensor that does not require grad")
+
+
 def _check_versioned(written):
     """Written tensors must have a version counter: an inference tensor can only be updated
     inside InferenceMode (PyTorch's own in-place ops raise only after writing it)."""
     if torch.is_inference_mode_enabled():
         return
-    for name, lst in written:
-        for i, t in enumerate(lst):
-            if t.is_inference():
-                raise ValueError(f"{name}[{i}] is an inference tensor: an inplace update to an inference tensor "
-                                 "outside InferenceMode is not allowed (clone it outside InferenceMode first)")
+    for label, _, t in _labelled(written):
+        if t.is_inference():
+            raise ValueError(f"{label} is an inference tensor: an inplace update to an inference tensor "
+                             "outside InferenceMode is not allowed (clone it outside InferenceMode first)")
 
 
 def _check_aliasing(written, read=(), in_place: bool = True):
-    """Memory aliasing of one call's tensors (``written`` / ``read``: (name, list) pairs).
+    """Memory aliasing of one call's tensors (``written`` / ``read``: (name, list) pairs, or
+    (name, tensor) for a lone tensor argument).
 
     A written tensor may be the very same memory as a *read* argument of its own index (an
     in-place update: a grad list that is the param list). Any other overlap of a written
@@ -162,17 +201,16 @@ def _check_aliasing(written, read=(), in_place: bool = True):
     by_memory = not torch._C._are_functorch_transforms_active()
     entries = []
     for is_written, pairs in ((True, written), (False, read)):
-        for name, lst in pairs:
-            for i, t in enumerate(lst):
-                if is_written and any(st == 0 and n > 1 for st, n in zip(t.stride(), t.shape)):
-                    raise ValueError(f"{name}[{i}] has internally overlapping memory (an expanded view?); "
-                                     "it cannot be written in place")
-                if not by_memory or t.numel() == 0 or t.device.type == "meta":
-                    continue
-                span = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
-                begin = t.data_ptr()
-                entries.append((begin, begin + span * t.element_size(), name, i, is_written, t))
-    entries.sort(key=lambda e: e[0])
+        for name, i, t in _labelled(pairs):
+            if is_written and any(st == 0 and n > 1 for st, n in zip(t.stride(), t.shape)):
+                raise ValueError(f"{name} has internally overlapping memory (an expanded view?); "
+                                 "it cannot be written in place")
+            if not by_memory or t.numel() == 0 or t.device.type == "meta":
+                continue
+            span = 1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
+            begin = t.data_ptr()
+            entries.append((begin, begin + span * t.element_size(), name, i, is_written, t))
+    entries.sort(key=lambda e: e[0])  # stable: of two tensors at one address, the first listed is named first
     for k, (_, end, xname, xi, xw, x) in enumerate(entries):
         for begin, _, yname, yi, yw, y in entries[k + 1:]:
             if begin >= end:
@@ -186,16 +224,16 @@ def _check_aliasing(written, read=(), in_place: bool = True):
                 xname, xi, yname, yi, xw, yw = yname, yi, xname, xi, yw, xw
             if status == "too hard":
                 if (xw and yw) or not in_place:
-                    raise ValueError(f"{xname}[{xi}] and {yname}[{yi}] are strided views of one storage whose "
+                    raise ValueError(f"{xname} and {yname} are strided views of one storage whose "
                                      "byte ranges intersect; written tensors must be provably disjoint")
                 continue
             if in_place and status == "full" and xi == yi and xw != yw:
                 continue
             what = "are the same memory" if status == "full" else "partially overlap in memory"
             if not in_place:
-                raise ValueError(f"{xname}[{xi}] and {yname}[{yi}] {what}; the written tensors must not share "
+                raise ValueError(f"{xname} and {yname} {what}; the written tensors must not share "
                                  "memory with any other argument")
-            raise ValueError(f"{xname}[{xi}] and {yname}[{yi}] {what}; a written tensor may only alias a "
+            raise ValueError(f"{xname} and {yname} {what}; a written tensor may only alias a "
                              "read argument of its own index (in place), entirely")
 
 
@@ -301,6 +339,7 @@ def prox_sgd_(params, grads, anchors, importance, lr: float, prox: float) -> Non
         lr: step size (gamma in Eq. 16), >= 0.
         prox: gamma*lambda, >= 0.
     """
+    _refuse_grad("prox_sgd_", [("params", params)])
     params, grads, anchors, importance, lr, prox = _check_prox(params, grads, anchors, importance, lr, prox)
     _check_aliasing([("params", params)],
                     [("grads", grads)] + ([("anchors", anchors), ("importance", importance)] if anchors else []))
@@ -337,6 +376,7 @@ def taylor_importance_(importance, grads, params, decay: float) -> None:
         params: theta, shapes of ``importance``.
         decay: eta in Eq. 7, in [0, 1].
     """
+    _refuse_grad("taylor_importance_", [("importance", importance)])
     importance, grads, params, decay = _check_taylor(importance, grads, params, decay)
     _check_aliasing([("importance", importance)], [("grads", grads), ("params", params)])
     new = [decay * _math(h) + (1 - decay) * (_math(g) * _math(p)).abs() for h, g, p in zip(importance, grads, params)]
@@ -383,6 +423,7 @@ def emcl_meta_step_(params, fast_params, importance, meta_lrs, grads, lam: float
         alpha0: initial meta learning rate (used by the stabilised and inverse modes), >= 0.
         eps: added to h in the denominator of Eq. 8, >= 0.
     """
+    _refuse_grad("emcl_meta_step_", [("params", params), ("importance", importance), ("meta_lrs", meta_lrs)])
     params, fast_params, importance, meta_lrs, grads, lam, decay, r, lr_mode, alpha0, eps = _check_emcl(
         params, fast_params, importance, meta_lrs, grads, lam, decay, r, lr_mode, alpha0, eps)
     _check_aliasing([("params", params), ("importance", importance), ("meta_lrs", meta_lrs)],
@@ -419,6 +460,7 @@ def trajectory_shift_(phi, thetas, meta_lr: float, shift: bool = True) -> None:
         meta_lr: beta, >= 0.
         shift: apply the shift to the trajectories (CTS) or not (Reptile).
     """
+    _refuse_grad("trajectory_shift_", [("phi", phi)] + ([("thetas", thetas)] if shift is True else []))
     phi, thetas, meta_lr, shift = _check_shift(phi, thetas, meta_lr, shift)
     if shift:
         _check_aliasing([("phi", phi), ("thetas", thetas)])
@@ -525,8 +567,9 @@ def mlp_prox_steps_(params, x: Tensor, y: Tensor, anchors, importance, lr: float
     ``params`` must not share memory with any other argument (the inputs are read at every
     step while ``params`` change), not even the same tensor as ``anchors``.
     """
+    _refuse_grad("mlp_prox_steps_", [("params", params)])
     params, x, y, anchors, importance, lr, prox = _check_mlp_prox_steps(params, x, y, anchors, importance, lr, prox)
-    read = [("x", [x]), ("y", [y])] + ([("anchors", anchors), ("importance", importance)] if anchors else [])
+    read = [("x", x), ("y", y)] + ([("anchors", anchors), ("importance", importance)] if anchors else [])
     _check_aliasing([("params", params)], read, in_place=False)
     _check_labels(y, params[-1].shape[0])
     for i in range(x.shape[0]):
@@ -554,10 +597,18 @@ def _check_ring(data, counts, x, y, task):
         raise ValueError("data, counts, x and y must be on one device")
     if isinstance(task, bool) or not isinstance(task, int) or not 0 <= task < num_tasks:
         raise ValueError(f"task must be an int in [0, {num_tasks}), got {task!r}")
+    _check_memory_aliasing([("data", data), ("counts", counts)], x, y)
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
         raise ValueError(f"y must hold labels in [0, {num_classes}), got values in [{int(y.min())}, {int(y.max())}]")
     _check_counts_nonnegative(counts)
     return m, num_classes
+
+
+def _check_memory_aliasing(written, x, y):
+    """The memory ops' storage shares no memory with any other argument (x a view of data, y a
+    view of labels, labels that are tasks, ...): the fused kernels write it in an order of their
+    own, this reference example by example, and the result would depend on that order."""
+    _check_aliasing(written, [("x", x), ("y", y)], in_place=False)
 
 
 def _check_counts_nonnegative(counts):
@@ -578,13 +629,18 @@ def ring_insert_(data: Tensor, counts: Tensor, x: Tensor, y: Tensor, task: int) 
         x: ``[B, *feat]`` examples (dtype of ``data``).
         y: ``[B]`` int64 labels in ``[0, num_classes)``.
         task: the task id of the whole batch.
+
+    ``data`` and ``counts`` share no memory with each other, ``x`` or ``y`` (a batch that is a
+    view of ``data`` is rejected; a disjoint view of the same storage is fine).
     """
+    _refuse_grad("ring_insert_", [("data", data), ("counts", counts)])
     m, num_classes = _check_ring(data, counts, x, y, task)
-    for i in range(x.shape[0]):
-        c = int(y[i])
-        slot = (task * num_classes + c) * m + int(counts[task, c]) % m
-        data[slot].copy_(x[i])
-        counts[task, c] += 1
+    with torch.no_grad():  # a copy of x is stored: nothing flows back to x
+        for i in range(x.shape[0]):
+            c = int(y[i])
+            slot = (task * num_classes + c) * m + int(counts[task, c]) % m
+            data[slot].copy_(x[i])
+            counts[task, c] += 1
 
 
 def ring_sample(counts: Tensor, m: int, tasks: Sequence[int], n: int,
@@ -668,9 +724,13 @@ def reservoir_insert_(data: Tensor, labels: Tensor, tasks: Tensor, x: Tensor, y:
         x: ``[B, *feat]``; y: ``[B]`` int64; task: the task id stored with them.
         n_seen: examples of the stream seen before this batch.
 
+    ``data``, ``labels`` and ``tasks`` share no memory with each other, ``x`` or ``y`` (a batch
+    that is a view of ``data`` is rejected; a disjoint view of the same storage is fine).
+
     Returns:
         ``[B]`` int64: the slot each example went to, -1 where it was not kept.
     """
+    _refuse_grad("reservoir_insert_", [("data", data), ("labels", labels), ("tasks", tasks)])
     if not all(isinstance(t, Tensor) for t in (data, labels, tasks, x, y)):
         raise TypeError("data, labels, tasks, x and y must be tensors")
     cap = data.shape[0] if data.dim() else 0
@@ -690,15 +750,17 @@ def reservoir_insert_(data: Tensor, labels: Tensor, tasks: Tensor, x: Tensor, y:
         raise ValueError(f"task must be an int >= 0, got {task!r}")
     if not (x.device == y.device == data.device == labels.device == tasks.device):
         raise ValueError("data, labels, tasks, x and y must be on one device")
+    _check_memory_aliasing([("data", data), ("labels", labels), ("tasks", tasks)], x, y)
     b = x.shape[0]
     u = torch.rand(b, generator=generator, dtype=torch.float64, device=data.device)
     s = n_seen + torch.arange(b, device=data.device, dtype=torch.int64)
     j = torch.floor(u * (s + 1).double()).long()
     slots = torch.where(s < cap, s, torch.where(j < cap, j, torch.full_like(j, -1)))
-    for i in range(b):
-        k = int(slots[i])
-        if k >= 0:
-            data[k].copy_(x[i])
-            labels[k] = y[i]
-            tasks[k] = task
+    with torch.no_grad():  # a copy of x is stored: nothing flows back to x
+        for i in range(b):
+            k = int(slots[i])
+            if k >= 0:
+                data[k].copy_(x[i])
+                labels[k] = y[i]
+                tasks[k] = task
     return slots
