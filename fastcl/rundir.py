@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import dataclasses
 import errno
 import functools
@@ -31,7 +32,7 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 try:
     import fcntl
@@ -39,9 +40,9 @@ except ImportError:  # pragma: no cover - not on POSIX: no lock
     fcntl = None
 
 __all__ = ["RunDirError", "open_run_dir", "releases_run_dirs", "last_run_dir", "atomic_write_bytes",
-           "atomic_write_text", "atomic_write_json", "atomic_savefig", "save_checkpoint", "load_checkpoint",
+           "atomic_write_text", "atomic_write_json", "atomic_write_csv", "atomic_savefig", "save_checkpoint", "load_checkpoint",
            "save_json_checkpoint", "load_json_checkpoint", "fingerprint", "fingerprint_diff", "learner_fields",
-           "data_fields", "LOCK_NAME", "RESULTS_ROOT"]
+           "data_fields", "resume_message", "LOCK_NAME", "RESULTS_ROOT"]
 
 #: The lock file of a run directory (held with ``fcntl.flock`` while a run writes there).
 LOCK_NAME = ".fastcl-run.lock"
@@ -62,10 +63,13 @@ class RunDirError(ValueError):
 
 
 # ------------------------------------------------------------------------------ atomic writes
+def _why(e: OSError) -> str:
+    return f"{e.strerror or e}" + (" (the disk is full)" if e.errno == errno.ENOSPC else "")
+
+
 def _write_error(path: Path, e: OSError) -> RunDirError:
-    full = " (the disk is full)" if e.errno == errno.ENOSPC else ""
-    return RunDirError(f"cannot write {path}: {e.strerror or e}{full}; the file was left as it was and no "
-                       f"temporary file remains: fix this and rerun with --resume --out {path.parent}")
+    return RunDirError(f"cannot write {path}: {_why(e)}; the file was left as it was and no temporary file "
+                       f"remains: fix this and rerun with --resume --out {path.parent}")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -119,6 +123,18 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: Optional[int] =
     atomic_write_text(path, json.dumps(obj, indent=indent))
 
 
+def atomic_write_csv(path: str | os.PathLike, rows: Iterable[Sequence[Any]]) -> None:
+    """:func:`atomic_write_bytes` of ``rows`` as CSV (``csv.writer``).
+
+    Args:
+        path: the target file.
+        rows: the rows, header first.
+    """
+    buf = io.StringIO(newline="")
+    csv.writer(buf).writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
 def atomic_savefig(fig, path: str | os.PathLike, **kwargs) -> None:
     """``fig.savefig(path, **kwargs)`` through :func:`atomic_write_bytes` (format from the suffix).
 
@@ -168,9 +184,8 @@ def fingerprint_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         new: the fingerprint of the run that wants to resume it.
     """
     a, b = _flatten(_canonical(old)), _flatten(_canonical(new))
-    absent = "<absent>"
-    return [f"{k}: {a.get(k, absent)!r} -> {b.get(k, absent)!r}" for k in sorted(set(a) | set(b))
-            if a.get(k, absent) != b.get(k, absent)]
+    show = lambda d, k: repr(d[k]) if k in d else "<absent>"  # noqa: E731
+    return [f"{k}: {show(a, k)} -> {show(b, k)}" for k in sorted(set(a) | set(b)) if show(a, k) != show(b, k)]
 
 
 def learner_fields(learner: Any) -> dict[str, Any]:
@@ -215,6 +230,20 @@ def data_fields(kind: str, source: Optional[str | os.PathLike]) -> dict[str, Any
                 h.update(t.contiguous().numpy().tobytes())
         _DIGESTS[key] = h.hexdigest()
     return {"data": resolved, "data_digest": _DIGESTS[key]}
+
+
+def resume_message(done: int, total: int, path: str | os.PathLike, unit: str = "task") -> str:
+    """What a resumed run prints: ``"resuming from task k/T (PATH)"`` or ``"all T tasks already done"``.
+
+    Args:
+        done: tasks (or iterations) the checkpoint holds.
+        total: tasks (or iterations) of the run.
+        path: the checkpoint.
+        unit: ``"task"`` or ``"iteration"``.
+    """
+    if done < total:
+        return f"resuming from {unit} {done + 1}/{total} ({path})"
+    return f"all {total} {unit}s already done ({path})"
 
 
 def _check_fingerprint(path: Path, stored: Any, expected: Optional[dict[str, Any]]) -> None:
@@ -338,15 +367,22 @@ def load_json_checkpoint(path: str | os.PathLike, fingerprint: Optional[dict[str
 
 # ------------------------------------------------------------------------------ run directories
 class _RunDir:
-    """An open run directory: its path and the file descriptor holding its lock."""
+    """An open run directory: its path, the file descriptor holding its lock, and whether this run
+    created it (a new default directory)."""
 
-    def __init__(self, path: Path, fd: Optional[int]):
-        self.path, self.fd = path, fd
+    def __init__(self, path: Path, fd: Optional[int], fresh: bool):
+        self.path, self.fd, self.fresh = path, fd, fresh
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """Unlock; after a failure, remove a directory this run created if it holds nothing else."""
         if self.fd is not None:
             os.close(self.fd)  # releases the flock
             self.fd = None
+        if failed and self.fresh:
+            with contextlib.suppress(OSError):
+                if [f.name for f in self.path.iterdir()] == [LOCK_NAME]:
+                    (self.path / LOCK_NAME).unlink()
+                    self.path.rmdir()
 
 
 _SCOPES: list[list[_RunDir]] = []
@@ -360,11 +396,14 @@ def releases_run_dirs(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         _SCOPES.append([])
+        failed = True
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            failed = False
+            return result
         finally:
             for d in _SCOPES.pop():
-                d.close()
+                d.close(failed)
     return wrapper
 
 
@@ -404,7 +443,7 @@ def _lock(path: Path) -> Optional[int]:
     try:
         fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
-        raise RunDirError(f"cannot write into --out {path}: {e.strerror or e}; choose a writable directory") from None
+        raise RunDirError(f"cannot write into --out {path}: {_why(e)}; choose a writable directory") from None
     if fcntl is not None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -449,14 +488,18 @@ def open_run_dir(out: Optional[str | os.PathLike], *, learners: Sequence[str], w
         except OSError as e:
             raise RunDirError(f"cannot create --out {path}: {e.strerror or e}; choose a directory that can be "
                               "created and written") from None
-    fd = _lock(path)
-    run = _RunDir(path, fd)
+    run = _RunDir(path, _lock(path), fresh=out is None)
     try:
         try:  # writable, with room for a small file
-            atomic_write_bytes(path / ".fastcl-write-test", b"ok")
-            os.unlink(path / ".fastcl-write-test")
-        except (RunDirError, OSError) as e:
-            raise RunDirError(f"cannot write into --out {path}: {e}; choose a writable directory") from None
+            fd, probe = tempfile.mkstemp(dir=path, prefix=".fastcl-write-test.", suffix=".tmp")
+            try:
+                os.write(fd, b"ok")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                os.unlink(probe)
+        except OSError as e:
+            raise RunDirError(f"cannot write into --out {path}: {_why(e)}; choose a writable directory") from None
         existing = _run_files(path, RUN_FILES)
         if existing and not resume:
             if not overwrite:
@@ -467,7 +510,7 @@ def open_run_dir(out: Optional[str | os.PathLike], *, learners: Sequence[str], w
             for f in existing + _run_files(path, PLOT_FILES):
                 f.unlink()
     except BaseException:
-        run.close()
+        run.close(failed=True)
         raise
     if _SCOPES:
         _SCOPES[-1].append(run)
