@@ -42,7 +42,7 @@ except ImportError:  # pragma: no cover - not on POSIX: no lock
 __all__ = ["RunDirError", "open_run_dir", "releases_run_dirs", "last_run_dir", "atomic_write_bytes",
            "atomic_write_text", "atomic_write_json", "atomic_write_csv", "atomic_savefig", "save_checkpoint", "load_checkpoint",
            "save_json_checkpoint", "load_json_checkpoint", "fingerprint", "fingerprint_diff", "learner_fields",
-           "data_fields", "resume_message", "LOCK_NAME", "RESULTS_ROOT"]
+           "data_fields", "resume_message", "run_files", "LOCK_NAME", "RESULTS_ROOT"]
 
 #: The lock file of a run directory (held with ``fcntl.flock`` while a run writes there).
 LOCK_NAME = ".fastcl-run.lock"
@@ -395,6 +395,8 @@ def releases_run_dirs(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        if not _SCOPES:
+            _LAST.clear()
         _SCOPES.append([])
         failed = True
         try:
@@ -408,8 +410,9 @@ def releases_run_dirs(fn: Callable) -> Callable:
 
 
 def last_run_dir() -> Optional[Path]:
-    """The run directory this process opened last (for the Ctrl-C message), or ``None``."""
-    return _LAST[-1] if _LAST else None
+    """The run directory the last (or current) run function opened, if it holds checkpoints or
+    results (for the Ctrl-C message), or ``None``."""
+    return _LAST[-1] if _LAST and run_files(_LAST[-1]) else None
 
 
 def _default_name(learners: Sequence[str], what: str) -> str:
@@ -435,8 +438,14 @@ def _fresh_dir(root: Path, name: str) -> Path:
     raise RunDirError(f"no free run directory name {name}-N under {root}; pass --out DIR")  # pragma: no cover
 
 
-def _run_files(path: Path, patterns: Sequence[str]) -> list[Path]:
-    return sorted({f for p in patterns for f in path.glob(p) if f.is_file()})
+def run_files(path: str | os.PathLike, patterns: Sequence[str] = RUN_FILES) -> list[Path]:
+    """The files of ``path`` that match ``patterns`` (default: a run's results and checkpoints).
+
+    Args:
+        path: a directory.
+        patterns: glob patterns.
+    """
+    return sorted({f for p in patterns for f in Path(path).glob(p) if f.is_file()})
 
 
 def _lock(path: Path) -> Optional[int]:
@@ -500,14 +509,14 @@ def open_run_dir(out: Optional[str | os.PathLike], *, learners: Sequence[str], w
                 os.unlink(probe)
         except OSError as e:
             raise RunDirError(f"cannot write into --out {path}: {_why(e)}; choose a writable directory") from None
-        existing = _run_files(path, RUN_FILES)
+        existing = run_files(path, RUN_FILES)
         if existing and not resume:
             if not overwrite:
                 names = ", ".join(f.name for f in existing[:4]) + (", ..." if len(existing) > 4 else "")
                 raise RunDirError(f"--out {path} already holds a run's results ({names}); add --resume to continue "
                                   "that run, --overwrite to replace it, or choose another --out (without --out "
                                   "every run gets a new directory under results/)")
-            for f in existing + _run_files(path, PLOT_FILES):
+            for f in existing + run_files(path, PLOT_FILES):
                 f.unlink()
     except BaseException:
         run.close(failed=True)

@@ -158,6 +158,17 @@ def test_an_interrupted_run_resumes_and_says_so(tmp_path, data_dir, capsys, monk
     assert a == b
 
 
+def test_ctrl_c_before_the_first_checkpoint_leaves_nothing(tmp_path, data_dir, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(fastcl.train, "evaluate", interrupted)
+    rc, _, err = run(capsys, "er-ring", *TINY, "--data", data_dir)
+    assert rc == 130 and err.strip() == "fastcl run: interrupted"
+    assert not list((tmp_path / "results").iterdir())  # the new directory held nothing: removed
+
+
 def test_meta_families_check_their_fingerprints(tmp_path, data_dir, capsys):
     maml = ["maml", "--family", "sinusoid", "--shots", "3", "--iterations", "2", "--maml-checkpoint-every", "1",
             "--maml-eval-curves", "2", "--maml-eval-points", "5", "--no-progress", "--no-plots", "--out", tmp_path / "m"]
