@@ -411,8 +411,13 @@ def run_from_args(args, learners: Sequence[str]) -> int:
     # rank 0 writes; the other ranks only read the records, with --resume (which needs --out)
     out = open_out(what=family) if rank == 0 else Path(args.out or ".")
     results: dict[str, Any] = {"family": family, "seeds": seeds, "learners": {}}
+    configs = {name: _config(name, family, args, overrides) for name in learners}
+    for name, seed in [(n, s) for n in learners for s in seeds if args.resume]:  # damaged / foreign: refused first
+        if (out / f"{name}-seed{seed}.json").exists():
+            rundir.load_json_checkpoint(out / f"{name}-seed{seed}.json", _fingerprint(name, family, configs[name], args,
+                                                                                      seed, data_id))
     for name in learners:
-        cfg = _config(name, family, args, overrides)
+        cfg = configs[name]
         runs = []
         for seed in seeds:
             ckpt = out / f"{name}-seed{seed}.json"

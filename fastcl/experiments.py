@@ -25,7 +25,7 @@ from .algorithms import (AGEM, EMCL, EWC, HAL, AGEMConfig, CloneAndFinetune, EMC
                          Finetune, FinetuneConfig, HALConfig, LaMAML, LaMAMLConfig, Multitask, OracleConfig)
 from .data.streams import STREAMS, Stream, make_stream
 from .models import MLP, ReducedResNet18
-from .train import run_stream
+from .train import checkpoint_fingerprint, run_stream
 
 __all__ = ["LEARNERS", "build_learner", "run_experiment", "parse_overrides"]
 
@@ -204,18 +204,28 @@ def run_experiment(learners: Sequence[str], stream_name: str, *, num_tasks: int,
     else:
         stream_kwargs = {"source": data} if per_task is None else {"source": data, "per_task": per_task}
     streams: dict[int, Stream] = {}  # one stream per seed, shared by the learners
+
+    def job(name: str, seed: int):
+        """The stream, learner and checkpoint fingerprint fields of one (learner, seed) run."""
+        if seed not in streams:
+            streams[seed] = make_stream(stream_name, num_tasks=num_tasks, seed=seed, **stream_kwargs)
+        learner = build_learner(name, streams[seed], memory, parsed[name], seed)
+        fp = rundir.fingerprint(learner=name, memory=memory, per_task=len(streams[seed][0].x_train), **data_id)
+        return streams[seed], learner, fp
+
+    checkpoints = {(n, s): out / f"checkpoint-{n}-seed{s}.pt" for n in learners for s in seeds}
+    for (name, seed), ck in checkpoints.items():  # with --resume, a damaged or foreign one is refused first
+        if resume and ck.is_file():
+            stream, learner, fp = job(name, seed)
+            rundir.verify_checkpoint(ck, checkpoint_fingerprint(learner, stream, batch_size, seed, fp))
     for name in learners:
         runs = []
         for seed in seeds:
-            if seed not in streams:
-                streams[seed] = make_stream(stream_name, num_tasks=num_tasks, seed=seed, **stream_kwargs)
-            stream = streams[seed]
-            learner = build_learner(name, stream, memory, parsed[name], seed)
-            ck = out / f"checkpoint-{name}-seed{seed}.pt"
+            stream, learner, fp = job(name, seed)
+            ck = checkpoints[name, seed]
             if progress:
                 log(f"{name} seed {seed}: {len(stream)} tasks")
             begin = time.perf_counter()
-            fp = rundir.fingerprint(learner=name, memory=memory, per_task=len(stream[0].x_train), **data_id)
             res = run_stream(learner, stream, batch_size=batch_size, seed=seed, checkpoint=ck, resume=resume,
                              progress=progress, fingerprint=fp, log=lambda m: log(f"{name} seed {seed}: {m}"))
             wall = time.perf_counter() - begin

@@ -125,15 +125,24 @@ def run_meta_experiment(learners: Sequence[str], *, family: str = "sinusoid", sh
         "torch_threads": torch.get_num_threads(), "learners": {},
     }
     fits: dict[str, Any] = {}
+
+    def job(name: str, seed: int):
+        """The learner, checkpoint fingerprint and checkpoint path of one (learner, seed) run."""
+        learner = build_meta_learner(name, seed, {**parsed[name], "inner_steps": inner_steps})
+        fp = rundir.fingerprint(learner=name, **rundir.learner_fields(learner), family=family, shots=shots,
+                                queries=queries, meta_batch=meta_batch, checkpoint_every=checkpoint_every, seed=seed)
+        return learner, fp, out / f"checkpoint-{name}-seed{seed}.pt"
+
+    for name, seed in [(n, s) for n in learners for s in seeds if resume]:  # damaged / foreign: refused first
+        _, fp, ck = job(name, seed)
+        if ck.is_file():
+            rundir.verify_checkpoint(ck, fp)
     for name in learners:
         runs = []
         for seed in seeds:
-            learner = build_meta_learner(name, seed, {**parsed[name], "inner_steps": inner_steps})
-            fp = rundir.fingerprint(learner=name, **rundir.learner_fields(learner), family=family, shots=shots,
-                                    queries=queries, meta_batch=meta_batch, checkpoint_every=checkpoint_every, seed=seed)
+            learner, fp, ck = job(name, seed)
             history, wall = _train(learner, fam, name, seed, shots, queries, meta_batch, iterations,
-                                   checkpoint_every, out / f"checkpoint-{name}-seed{seed}.pt", resume, progress,
-                                   fp, log)
+                                   checkpoint_every, ck, resume, progress, fp, log)
             mse = learner.evaluate(eval_tasks, steps=eval_steps)
             runs.append({"seed": seed, "test_mse": float(mse.mean()), "test_mse_sem": float(mse.std() / math.sqrt(len(mse))),
                          "history": history, "train_seconds": wall, "ms_per_iteration": 1e3 * wall / iterations})

@@ -61,6 +61,20 @@ def _accuracy(learner: OnlineLearner, x: torch.Tensor, y: torch.Tensor, task: in
     return correct / max(1, x.shape[0])
 
 
+def checkpoint_fingerprint(learner: OnlineLearner, stream, arrivals: Sequence[int], threshold: float, seed: int,
+                           extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The fingerprint :func:`run_online_learner` stores in its checkpoints (and checks on resume).
+
+    Args:
+        learner: the learner (its class and config count).
+        stream: the tasks (their number counts).
+        arrivals, threshold, seed: as for :func:`run_online_learner`.
+        extra: more fields that define the run.
+    """
+    return {**rundir.learner_fields(learner), "tasks": len(stream), "arrivals": list(arrivals),
+            "threshold": threshold, "seed": seed, **(extra or {})}
+
+
 def run_online_learner(learner: OnlineLearner, stream: RainbowMNIST, *, arrivals: Sequence[int] = DEFAULT_ARRIVALS,
                        threshold: float = 0.9, seed: int = 0, checkpoint: Optional[str | os.PathLike] = None,
                        resume: bool = False, progress: bool = True, stop_after: Optional[int] = None,
@@ -90,8 +104,7 @@ def run_online_learner(learner: OnlineLearner, stream: RainbowMNIST, *, arrivals
     records: list[dict[str, Any]] = []
     gen = torch.Generator().manual_seed(seed)
     start = 0
-    fingerprint = {**rundir.learner_fields(learner), "tasks": len(stream), "arrivals": list(arrivals),
-                   "threshold": threshold, "seed": seed, **(fingerprint or {})}
+    fingerprint = checkpoint_fingerprint(learner, stream, arrivals, threshold, seed, fingerprint)
     if resume and checkpoint is not None and Path(checkpoint).is_file():
         state = rundir.load_checkpoint(checkpoint, fingerprint)
         learner.load_state_dict(state["learner"])
@@ -185,18 +198,27 @@ def run_online(learners: Sequence[str], *, num_tasks: int = 56, per_task: int = 
                                "test_per_task": test_per_task, "torch_threads": torch.get_num_threads(),
                                "learners": {}, **rundir.fingerprint(**data_id)}
     streams = {s: RainbowMNIST(num_tasks, per_task, seed=s, source=data, test_per_task=test_per_task) for s in seeds}
+
+    def job(name: str, seed: int):
+        """The learner, checkpoint fingerprint fields and checkpoint path of one (learner, seed) run."""
+        torch.manual_seed(seed)
+        learner = ONLINE_LEARNERS[name](model_fn(), RainbowMNIST.input_shape, FTMLConfig(**{**cfg_overrides, "seed": seed}))
+        fp = rundir.fingerprint(learner=name, per_task=per_task, test_per_task=test_per_task, **data_id)
+        return learner, fp, out / f"checkpoint-{name}-seed{seed}.pt"
+
+    for name, seed in [(n, s) for n in learners for s in seeds if resume]:  # damaged / foreign: refused first
+        learner, fp, ck = job(name, seed)
+        if ck.is_file():
+            rundir.verify_checkpoint(ck, checkpoint_fingerprint(learner, streams[seed], arrivals, threshold, seed, fp))
     for name in learners:
         runs = []
         for seed in seeds:
-            torch.manual_seed(seed)
-            config = FTMLConfig(**{**cfg_overrides, "seed": seed})
-            learner = ONLINE_LEARNERS[name](model_fn(), RainbowMNIST.input_shape, config)
+            learner, fp, ck = job(name, seed)
+            config = learner.config
             begin = time.perf_counter()
-            fp = rundir.fingerprint(learner=name, per_task=per_task, test_per_task=test_per_task, **data_id)
             records = run_online_learner(learner, streams[seed], arrivals=arrivals, threshold=threshold, seed=seed,
-                                         checkpoint=out / f"checkpoint-{name}-seed{seed}.pt", resume=resume,
-                                         progress=progress, desc=f"{name} seed {seed}", fingerprint=fp,
-                                         log=lambda m: log(f"{name} seed {seed}: {m}"))
+                                         checkpoint=ck, resume=resume, progress=progress, desc=f"{name} seed {seed}",
+                                         fingerprint=fp, log=lambda m: log(f"{name} seed {seed}: {m}"))
             runs.append({"seed": seed, "records": records, "summary": _summary(records, per_task),
                          "wall_seconds": time.perf_counter() - begin})
         keys = runs[0]["summary"]

@@ -40,7 +40,7 @@ except ImportError:  # pragma: no cover - not on POSIX: no lock
     fcntl = None
 
 __all__ = ["RunDirError", "open_run_dir", "releases_run_dirs", "last_run_dir", "atomic_write_bytes",
-           "atomic_write_text", "atomic_write_json", "atomic_write_csv", "atomic_savefig", "save_checkpoint", "load_checkpoint",
+           "atomic_write_text", "atomic_write_json", "atomic_write_csv", "atomic_savefig", "save_checkpoint", "load_checkpoint", "verify_checkpoint",
            "save_json_checkpoint", "load_json_checkpoint", "fingerprint", "fingerprint_diff", "learner_fields",
            "data_fields", "resume_message", "run_files", "LOCK_NAME", "RESULTS_ROOT"]
 
@@ -288,9 +288,9 @@ def save_checkpoint(path: str | os.PathLike, state: Any, fingerprint: Optional[d
     atomic_write_bytes(path, _MAGIC + header + b"\n" + payload)
 
 
-def load_checkpoint(path: str | os.PathLike, fingerprint: Optional[dict[str, Any]] = None) -> Any:
-    """Read a checkpoint written by :func:`save_checkpoint`: verify its checksum (before
-    unpickling) and, with ``fingerprint``, that it belongs to the same run.
+def verify_checkpoint(path: str | os.PathLike, fingerprint: Optional[dict[str, Any]] = None) -> bytes:
+    """Check a checkpoint written by :func:`save_checkpoint` without unpickling it: its checksum
+    and, with ``fingerprint``, that it belongs to the same run. Returns its payload.
 
     Args:
         path: the checkpoint file.
@@ -300,8 +300,6 @@ def load_checkpoint(path: str | os.PathLike, fingerprint: Optional[dict[str, Any
         RunDirError: the file is empty, truncated, not a fastcl checkpoint, fails its checksum, or
             was written by a run with another fingerprint (the message names the fields).
     """
-    import torch
-
     path = Path(path)
     data = _read(path)
     if not data:
@@ -320,7 +318,20 @@ def load_checkpoint(path: str | os.PathLike, fingerprint: Optional[dict[str, Any
     if hashlib.sha256(payload).hexdigest() != sha:
         raise _damaged(path, "fails its SHA-256 checksum (its bytes were changed after it was written)")
     _check_fingerprint(path, header.get("fingerprint"), fingerprint)
-    return torch.load(io.BytesIO(payload), weights_only=False)
+    return payload
+
+
+def load_checkpoint(path: str | os.PathLike, fingerprint: Optional[dict[str, Any]] = None) -> Any:
+    """Read a checkpoint written by :func:`save_checkpoint`, verified first by
+    :func:`verify_checkpoint` (checksum before unpickling, fingerprint).
+
+    Args:
+        path: the checkpoint file.
+        fingerprint: the resuming run's fingerprint; ``None`` skips that check.
+    """
+    import torch
+
+    return torch.load(io.BytesIO(verify_checkpoint(path, fingerprint)), weights_only=False)
 
 
 def _record_digest(record: Any) -> str:

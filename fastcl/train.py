@@ -23,7 +23,7 @@ from .data.streams import Stream
 from .metrics import AccuracyMatrix
 from .rundir import learner_fields, load_checkpoint, resume_message, save_checkpoint
 
-__all__ = ["RunResult", "run_stream", "evaluate"]
+__all__ = ["RunResult", "run_stream", "evaluate", "checkpoint_fingerprint"]
 
 
 @dataclass
@@ -59,6 +59,21 @@ def evaluate(learner: Learner, stream: Stream, batch_size: int = 1000) -> list[f
     return accs
 
 
+def checkpoint_fingerprint(learner: Learner, stream: Stream, batch_size: int, seed: int,
+                           extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The fingerprint :func:`run_stream` stores in its checkpoints (and checks on resume).
+
+    Args:
+        learner: the learner (its class and config count).
+        stream: the stream (its name and length count).
+        batch_size: examples per incoming batch.
+        seed: seed of the batch order.
+        extra: more fields that define the run.
+    """
+    return {**learner_fields(learner), "stream": stream.name, "tasks": len(stream), "batch_size": batch_size,
+            "seed": seed, **(extra or {})}
+
+
 def run_stream(learner: Learner, stream: Stream, *, batch_size: int = 10, seed: int = 0,
                checkpoint: Optional[str | os.PathLike] = None, resume: bool = False,
                progress: bool = True, stop_after: Optional[int] = None,
@@ -88,8 +103,7 @@ def run_stream(learner: Learner, stream: Stream, *, batch_size: int = 10, seed: 
     result = RunResult(AccuracyMatrix(len(stream)))
     gen = torch.Generator().manual_seed(seed)
     start = 0
-    fingerprint = {**learner_fields(learner), "stream": stream.name, "tasks": len(stream), "batch_size": batch_size,
-                   "seed": seed, **(fingerprint or {})}
+    fingerprint = checkpoint_fingerprint(learner, stream, batch_size, seed, fingerprint)
     if resume:
         if checkpoint is None:
             raise ValueError("resume=True needs a checkpoint path")

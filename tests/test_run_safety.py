@@ -395,3 +395,37 @@ def test_sigint_prints_one_line_keeps_the_checkpoint_and_exits_130(tmp_path):
     state = rundir.load_checkpoint(ck)
     assert 1 <= state["next_task"] < 60 and no_temp_files(out)
     assert not (out / "results.json").exists()
+
+
+def test_a_foreign_checkpoint_is_refused_before_anything_trains(tmp_path, data_dir, capsys):
+    out = tmp_path / "x"
+    assert run(capsys, "agem", *TINY, "--data", data_dir, "--out", out)[0] == 0
+    (out / "results.json").unlink()
+    # er-ring has no checkpoint and comes first; agem's was written with --memory 1
+    rc, _, err = run(capsys, "er-ring,agem", *TINY, "--data", data_dir, "--out", out, "--memory", "3", "--resume")
+    assert rc == 2 and "memory: 1 -> 3" in err
+    assert not (out / "checkpoint-er-ring-seed0.pt").exists()  # er-ring did not train
+    common = ["--seeds", "2", "--no-progress", "--no-plots"]
+    maml = ["maml", "--shots", "3", "--maml-eval-curves", "2", "--out", tmp_path / "m", *common]
+    assert run(capsys, *maml, "--iterations", "1")[0] == 0
+    (tmp_path / "m" / "checkpoint-maml-seed1.pt").write_bytes(b"")
+    seed0 = (tmp_path / "m" / "checkpoint-maml-seed0.pt").read_bytes()
+    rc, _, err = run(capsys, *maml, "--iterations", "2", "--resume")  # seed 0 would train one more iteration
+    assert rc == 2 and "checkpoint-maml-seed1.pt is empty" in err
+    assert (tmp_path / "m" / "checkpoint-maml-seed0.pt").read_bytes() == seed0
+    cts = ["cts", "--inner-steps", "2", "--iterations", "1", "--cts-test-steps", "2", "--out", tmp_path / "c", *common]
+    assert run(capsys, *cts)[0] == 0
+    (tmp_path / "c" / "cts-seed0.json").unlink()  # seed 0 would run again
+    (tmp_path / "c" / "cts-seed1.json").write_text("{")
+    rc, _, err = run(capsys, *cts, "--resume")
+    assert rc == 2 and "cts-seed1.json is not a fastcl run record" in err
+    assert not (tmp_path / "c" / "cts-seed0.json").exists()
+    ftml = ["ftml", "--tasks", "2", "--per-task", "20", "--arrivals", "10", "--test-per-task", "10", "--data", data_dir,
+            "--iterations", "1", "--inner-steps", "1", "--shots", "4", "--set", "finetune_steps=1",
+            "--out", tmp_path / "f", *common]
+    assert run(capsys, *ftml)[0] == 0
+    (tmp_path / "f" / "checkpoint-ftml-seed0.pt").unlink()
+    (tmp_path / "f" / "checkpoint-ftml-seed1.pt").write_bytes(b"garbage")
+    rc, _, err = run(capsys, *ftml, "--resume")
+    assert rc == 2 and "checkpoint-ftml-seed1.pt is not a fastcl checkpoint" in err
+    assert not (tmp_path / "f" / "checkpoint-ftml-seed0.pt").exists()
