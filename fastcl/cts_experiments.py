@@ -413,9 +413,9 @@ def run_from_args(args, learners: Sequence[str]) -> int:
     results: dict[str, Any] = {"family": family, "seeds": seeds, "learners": {}}
     configs = {name: _config(name, family, args, overrides) for name in learners}
     for name, seed in [(n, s) for n in learners for s in seeds if args.resume]:  # damaged / foreign: refused first
-        if (out / f"{name}-seed{seed}.json").exists():
-            rundir.load_json_checkpoint(out / f"{name}-seed{seed}.json", _fingerprint(name, family, configs[name], args,
-                                                                                      seed, data_id))
+        ckpt = out / f"{name}-seed{seed}.json"
+        if ckpt.exists():
+            rundir.load_json_checkpoint(ckpt, _fingerprint(name, family, configs[name], args, seed, data_id))
     for name in learners:
         cfg = configs[name]
         runs = []

@@ -277,8 +277,9 @@ def _write(results: dict[str, Any], out: Path) -> None:
     rundir.atomic_write_json(out / "results.json", results)
     rows = [["learner", "seed", "accuracy", "forgetting", "bwt", "learning_accuracy", "train_seconds"]]
     for name, r in results["learners"].items():
-        for seed, s in [(run["seed"], run["summary"]) for run in r["runs"]] + [(stat, r[stat]) for stat in ("mean", "std")]:
-            rows.append([name, seed, s["accuracy"], s["forgetting"], s["bwt"], s["learning_accuracy"], s["train_seconds"]])
+        stats = [(run["seed"], run["summary"]) for run in r["runs"]] + [(stat, r[stat]) for stat in ("mean", "std")]
+        rows += [[name, seed, s["accuracy"], s["forgetting"], s["bwt"], s["learning_accuracy"], s["train_seconds"]]
+                 for seed, s in stats]
     rundir.atomic_write_csv(out / "results.csv", rows)
 
 

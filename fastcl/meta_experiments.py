@@ -94,7 +94,8 @@ def run_meta_experiment(learners: Sequence[str], *, family: str = "sinusoid", sh
                         eval_curves: int = 100, eval_points: int = 100, eval_steps: Optional[int] = None,
                         checkpoint_every: int = 1000, seeds: Sequence[int] = (0,), overrides: Sequence[str] = (),
                         out_dir: Optional[str | os.PathLike] = None, resume: bool = False, progress: bool = True,
-                        plots: bool = True, log: Callable[[str], None] = print, overwrite: bool = False) -> dict[str, Any]:
+                        plots: bool = True, log: Callable[[str], None] = print,
+                        overwrite: bool = False) -> dict[str, Any]:
     """Meta-train and evaluate ``learners`` x ``seeds``; see the module docstring (``out_dir``,
     ``resume``, ``overwrite``: as :func:`fastcl.rundir.open_run_dir`).
 

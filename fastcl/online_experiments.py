@@ -202,7 +202,8 @@ def run_online(learners: Sequence[str], *, num_tasks: int = 56, per_task: int = 
     def job(name: str, seed: int):
         """The learner, checkpoint fingerprint fields and checkpoint path of one (learner, seed) run."""
         torch.manual_seed(seed)
-        learner = ONLINE_LEARNERS[name](model_fn(), RainbowMNIST.input_shape, FTMLConfig(**{**cfg_overrides, "seed": seed}))
+        config = FTMLConfig(**{**cfg_overrides, "seed": seed})
+        learner = ONLINE_LEARNERS[name](model_fn(), RainbowMNIST.input_shape, config)
         fp = rundir.fingerprint(learner=name, per_task=per_task, test_per_task=test_per_task, **data_id)
         return learner, fp, out / f"checkpoint-{name}-seed{seed}.pt"
 

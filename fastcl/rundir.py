@@ -40,7 +40,8 @@ except ImportError:  # pragma: no cover - not on POSIX: no lock
     fcntl = None
 
 __all__ = ["RunDirError", "open_run_dir", "releases_run_dirs", "last_run_dir", "atomic_write_bytes",
-           "atomic_write_text", "atomic_write_json", "atomic_write_csv", "atomic_savefig", "save_checkpoint", "load_checkpoint", "verify_checkpoint",
+           "atomic_write_text", "atomic_write_json", "atomic_write_csv", "atomic_savefig",
+           "save_checkpoint", "load_checkpoint", "verify_checkpoint",
            "save_json_checkpoint", "load_json_checkpoint", "fingerprint", "fingerprint_diff", "learner_fields",
            "data_fields", "resume_message", "run_files", "LOCK_NAME", "RESULTS_ROOT"]
 

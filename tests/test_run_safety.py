@@ -171,7 +171,8 @@ def test_ctrl_c_before_the_first_checkpoint_leaves_nothing(tmp_path, data_dir, c
 
 def test_meta_families_check_their_fingerprints(tmp_path, data_dir, capsys):
     maml = ["maml", "--family", "sinusoid", "--shots", "3", "--iterations", "2", "--maml-checkpoint-every", "1",
-            "--maml-eval-curves", "2", "--maml-eval-points", "5", "--no-progress", "--no-plots", "--out", tmp_path / "m"]
+            "--maml-eval-curves", "2", "--maml-eval-points", "5", "--no-progress", "--no-plots",
+            "--out", tmp_path / "m"]
     assert run(capsys, *maml)[0] == 0
     rc, _, err = run(capsys, *maml[:4], "4", *maml[5:], "--resume")
     assert rc == 2 and "shots: 3 -> 4" in err
@@ -368,7 +369,9 @@ def test_a_full_disk_is_a_clear_error_and_leaves_no_temp_file(tmp_path, data_dir
 
 # ------------------------------------------------------------------------------ Ctrl-C (a real SIGINT)
 def _env():
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    """The environment of a subprocess that imports this checkout's fastcl."""
+    path = [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
 
 
 def test_sigint_prints_one_line_keeps_the_checkpoint_and_exits_130(tmp_path):
