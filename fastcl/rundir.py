@@ -177,8 +177,8 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def fingerprint_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """The fields that differ between two fingerprints, as ``"name: old -> new"`` (nested fields
-    dotted, e.g. ``config.lr``; a field one of them lacks shows as ``<absent>``).
+    """The fields that differ between two fingerprints, as ``"name: old -> new"`` (top-level fields
+    first, then nested ones dotted, e.g. ``config.lr``; a field one of them lacks shows as ``<absent>``).
 
     Args:
         old: the fingerprint stored in a checkpoint.
@@ -186,7 +186,8 @@ def fingerprint_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """
     a, b = _flatten(_canonical(old)), _flatten(_canonical(new))
     show = lambda d, k: repr(d[k]) if k in d else "<absent>"  # noqa: E731
-    return [f"{k}: {show(a, k)} -> {show(b, k)}" for k in sorted(set(a) | set(b)) if show(a, k) != show(b, k)]
+    keys = sorted(set(a) | set(b), key=lambda k: ("." in k, k))  # top-level fields (learner, stream...) first
+    return [f"{k}: {show(a, k)} -> {show(b, k)}" for k in keys if show(a, k) != show(b, k)]
 
 
 def learner_fields(learner: Any) -> dict[str, Any]:

@@ -129,6 +129,7 @@ def test_a_hal_checkpoint_renamed_to_er_ring_is_refused(tmp_path, data_dir, caps
     os.replace(out / "checkpoint-hal-seed0.pt", out / "checkpoint-er-ring-seed0.pt")
     rc, _, err = run(capsys, "er-ring", *TINY, "--data", data_dir, "--out", out, "--resume")
     assert rc == 2 and "learner: 'hal' -> 'er-ring'" in err and "learner_class: 'HAL' -> 'ERRing'" in err
+    assert err.index("learner: 'hal'") < err.index("config.k: 2 -> <absent>")  # the learner is named first
 
 
 def test_an_interrupted_run_resumes_and_says_so(tmp_path, data_dir, capsys, monkeypatch):
