@@ -179,6 +179,8 @@ def test_meta_families_check_their_fingerprints(tmp_path, data_dir, capsys):
     assert rc == 2 and "shots: 3 -> 4" in err
     rc, printed, _ = run(capsys, *maml[:6], "3", *maml[7:], "--resume")  # more iterations: the run goes on
     assert rc == 0 and "maml seed 0: resuming from iteration 3/3" in printed
+    rc, _, err = run(capsys, *maml[:6], "2", *maml[7:], "--resume")  # fewer iterations than the checkpoint's
+    assert rc == 2 and "is at iteration 3, beyond --iterations 2" in err
 
     cts = ["cts", "--family", "synthetic2d", "--inner-steps", "2", "--iterations", "1", "--cts-test-steps", "2",
            "--no-progress", "--no-plots", "--out", tmp_path / "c"]
