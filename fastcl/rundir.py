@@ -73,6 +73,13 @@ def _write_error(path: Path, e: OSError) -> RunDirError:
                        f"remains: fix this and rerun with --resume --out {path.parent}")
 
 
+def _new_file_mode() -> int:
+    """The mode ``open()`` gives a new file (mkstemp's files are 0600): 0666 less the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: unique temp file in the same directory, flush, fsync,
     ``os.replace``; on any failure the temp file is removed and ``path`` is unchanged.
@@ -91,6 +98,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise _write_error(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(fd, _new_file_mode())
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -297,6 +297,8 @@ def test_atomic_writes_use_unique_temp_names_in_the_same_directory(tmp_path, mon
     temps = [a for a, _ in replaced]
     assert len(set(temps)) == 3 and all(a.parent == tmp_path for a in temps)
     assert json.loads((tmp_path / "results.json").read_text()) == {"i": 1} and no_temp_files(tmp_path)
+    (tmp_path / "plain").write_text("")  # the files have the mode open() gives, not mkstemp's 0600
+    assert (tmp_path / "results.json").stat().st_mode == (tmp_path / "plain").stat().st_mode
 
 
 # ------------------------------------------------------------------------------ unusable --out, full disk
@@ -321,16 +323,14 @@ def test_read_only_out_fails_before_training(tmp_path, data_dir, capsys, monkeyp
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o555)
-    if os.geteuid() == 0:  # root ignores the mode: make the directory refuse new files as it would
-        real = rundir.tempfile.mkstemp
+    if os.geteuid() == 0:  # root ignores the mode: refuse new files there as the mode would
+        real_open = os.open
 
-        def mkstemp(*a, dir=None, **k):
-            if Path(dir) == ro:
+        def refusing_open(path, flags, *a, **k):
+            if Path(path).parent == ro and flags & os.O_CREAT:
                 raise PermissionError(errno.EACCES, "Permission denied")
-            return real(*a, dir=dir, **k)
-        monkeypatch.setattr(rundir.tempfile, "mkstemp", mkstemp)
-        monkeypatch.setattr(rundir.os, "open", lambda p, *a, **k: (_ for _ in ()).throw(
-            PermissionError(errno.EACCES, "Permission denied")) if Path(p).parent == ro else os.open(p, *a, **k))
+            return real_open(path, flags, *a, **k)
+        monkeypatch.setattr(rundir.os, "open", refusing_open)
     try:
         rc, _, err = run(capsys, "er-ring", *TINY, "--data", data_dir, "--out", ro)
     finally:
