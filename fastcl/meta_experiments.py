@@ -11,13 +11,14 @@ evaluation curves are the same for every learner and seed (drawn from a fixed se
 
 Writes results.json, results.csv, ``fits.png`` (random evaluation curves with each learner's
 adapted fit, as Fig. D/E of the L2F supplementary) and ``training.png`` (meta-training loss).
+A checkpoint's fingerprint (:mod:`fastcl.rundir`) holds the learner and its config, the family,
+shots, queries, meta-batch, checkpoint interval and seed: ``--resume`` refuses a checkpoint of
+another run, but may extend ``--iterations`` and change the evaluation options (it re-evaluates).
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import math
 import os
 import time
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import rundir
 from .algorithms import L2F, MAML, L2FConfig, MAMLConfig
 from .data.meta_tasks import make_sinusoid_family
 from .experiments import parse_overrides
@@ -75,7 +77,8 @@ def run_from_args(args, learners: Sequence[str]) -> int:
         queries=args.maml_query, eval_curves=args.maml_eval_curves, eval_points=args.maml_eval_points,
         eval_steps=args.maml_eval_steps, checkpoint_every=args.maml_checkpoint_every,
         seeds=list(range(args.seed_offset, args.seed_offset + args.seeds)), overrides=args.overrides,
-        out_dir=args.out, resume=args.resume, progress=not args.no_progress, plots=not args.no_plots)
+        out_dir=args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
+        plots=not args.no_plots)
     return 0
 
 
@@ -85,13 +88,16 @@ def _positive(**values) -> None:
             raise ValueError(f"{name} must be an int >= 1, got {v!r}")
 
 
+@rundir.releases_run_dirs
 def run_meta_experiment(learners: Sequence[str], *, family: str = "sinusoid", shots: int = 5, meta_batch: int = 4,
                         inner_steps: int = 1, iterations: int = 50_000, queries: Optional[int] = None,
                         eval_curves: int = 100, eval_points: int = 100, eval_steps: Optional[int] = None,
                         checkpoint_every: int = 1000, seeds: Sequence[int] = (0,), overrides: Sequence[str] = (),
-                        out_dir: str | os.PathLike = "results/maml", resume: bool = False, progress: bool = True,
-                        plots: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Meta-train and evaluate ``learners`` x ``seeds``; see the module docstring.
+                        out_dir: Optional[str | os.PathLike] = None, resume: bool = False, progress: bool = True,
+                        plots: bool = True, log: Callable[[str], None] = print,
+                        overwrite: bool = False) -> dict[str, Any]:
+    """Meta-train and evaluate ``learners`` x ``seeds``; see the module docstring (``out_dir``,
+    ``resume``, ``overwrite``: as :func:`fastcl.rundir.open_run_dir`).
 
     Returns the results dictionary also written to ``results.json``.
     """
@@ -110,8 +116,7 @@ def run_meta_experiment(learners: Sequence[str], *, family: str = "sinusoid", sh
         if name not in META_LEARNERS:
             raise ValueError(f"unknown meta-learner {name!r}; choose from {', '.join(META_LEARNERS)}")
     parsed = {name: parse_overrides(overrides, META_LEARNERS[name][1]) for name in learners}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = rundir.open_run_dir(out_dir, learners=learners, what=family, resume=resume, overwrite=overwrite)
     eval_tasks, eval_params = fam.sample(eval_curves, shots, eval_points, split="test",
                                          generator=torch.Generator().manual_seed(EVAL_SEED), return_curves=True)
     results: dict[str, Any] = {
@@ -121,12 +126,24 @@ def run_meta_experiment(learners: Sequence[str], *, family: str = "sinusoid", sh
         "torch_threads": torch.get_num_threads(), "learners": {},
     }
     fits: dict[str, Any] = {}
+
+    def job(name: str, seed: int):
+        """The learner, checkpoint fingerprint and checkpoint path of one (learner, seed) run."""
+        learner = build_meta_learner(name, seed, {**parsed[name], "inner_steps": inner_steps})
+        fp = rundir.fingerprint(learner=name, **rundir.learner_fields(learner), family=family, shots=shots,
+                                queries=queries, meta_batch=meta_batch, checkpoint_every=checkpoint_every, seed=seed)
+        return learner, fp, out / f"checkpoint-{name}-seed{seed}.pt"
+
+    for name, seed in [(n, s) for n in learners for s in seeds if resume]:  # damaged / foreign: refused first
+        _, fp, ck = job(name, seed)
+        if ck.is_file():
+            rundir.verify_checkpoint(ck, fp)
     for name in learners:
         runs = []
         for seed in seeds:
-            learner = build_meta_learner(name, seed, {**parsed[name], "inner_steps": inner_steps})
+            learner, fp, ck = job(name, seed)
             history, wall = _train(learner, fam, name, seed, shots, queries, meta_batch, iterations,
-                                   checkpoint_every, out / f"checkpoint-{name}-seed{seed}.pt", resume, progress)
+                                   checkpoint_every, ck, resume, progress, fp, log)
             mse = learner.evaluate(eval_tasks, steps=eval_steps)
             runs.append({"seed": seed, "test_mse": float(mse.mean()), "test_mse_sem": float(mse.std() / math.sqrt(len(mse))),
                          "history": history, "train_seconds": wall, "ms_per_iteration": 1e3 * wall / iterations})
@@ -137,16 +154,12 @@ def run_meta_experiment(learners: Sequence[str], *, family: str = "sinusoid", sh
             "config": {k: v for k, v in dataclasses.asdict(learner.config).items() if k != "seed"},
             "runs": runs, "mean": {"test_mse": float(np.mean(mses))}, "std": {"test_mse": float(np.std(mses))},
         }
-    with open(out / "results.json", "w") as f:
-        json.dump(results, f, indent=1)
-    with open(out / "results.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["learner", "seed", "test_mse", "train_seconds"])
-        for name, r in results["learners"].items():
-            for run in r["runs"]:
-                w.writerow([name, run["seed"], run["test_mse"], run["train_seconds"]])
-            w.writerow([name, "mean", r["mean"]["test_mse"], ""])
-            w.writerow([name, "std", r["std"]["test_mse"], ""])
+    rundir.atomic_write_json(out / "results.json", results)
+    rows = [["learner", "seed", "test_mse", "train_seconds"]]
+    for name, r in results["learners"].items():
+        rows += [[name, run["seed"], run["test_mse"], run["train_seconds"]] for run in r["runs"]]
+        rows += [[name, "mean", r["mean"]["test_mse"], ""], [name, "std", r["std"]["test_mse"], ""]]
+    rundir.atomic_write_csv(out / "results.csv", rows)
     log(summary_table(results))
     if plots:
         _plot(results, fits, eval_tasks, eval_params, fam, out)
@@ -155,15 +168,20 @@ def run_meta_experiment(learners: Sequence[str], *, family: str = "sinusoid", sh
 
 
 def _train(learner: MAML, fam, name: str, seed: int, shots: int, queries: int, meta_batch: int, iterations: int,
-           every: int, checkpoint: Path, resume: bool, progress: bool) -> tuple[list, float]:
+           every: int, checkpoint: Path, resume: bool, progress: bool, fingerprint: dict[str, Any],
+           log: Callable[[str], None]) -> tuple[list, float]:
     gen = torch.Generator().manual_seed(seed)
     history: list[list[float]] = []  # [iteration, mean meta-training loss since the last record]
     start, wall = 0, 0.0
     if resume and checkpoint.is_file():
-        state = torch.load(checkpoint, weights_only=False)
+        state = rundir.load_checkpoint(checkpoint, fingerprint)
+        if int(state["iteration"]) > iterations:
+            raise rundir.RunDirError(f"{checkpoint} is at iteration {state['iteration']}, beyond --iterations "
+                                     f"{iterations}: resume with --iterations >= {state['iteration']}")
         learner.load_state_dict(state["learner"])
         gen.set_state(state["generator"])
         start, history, wall = int(state["iteration"]), state["history"], float(state["wall"])
+        log(f"{name} seed {seed}: " + rundir.resume_message(start, iterations, checkpoint, "iteration"))
     bar = tqdm(range(start, iterations), initial=start, total=iterations, disable=not progress,
                desc=f"{name} seed {seed}", leave=False, mininterval=1.0)
     acc, n, begin = 0.0, 0, time.perf_counter()
@@ -176,10 +194,8 @@ def _train(learner: MAML, fam, name: str, seed: int, shots: int, queries: int, m
             acc, n = 0.0, 0
             now = time.perf_counter()
             wall, begin = wall + now - begin, now
-            tmp = Path(str(checkpoint) + ".tmp")
-            torch.save({"learner": learner.state_dict(), "generator": gen.get_state(), "iteration": it + 1,
-                        "history": history, "wall": wall}, tmp)
-            os.replace(tmp, checkpoint)
+            rundir.save_checkpoint(checkpoint, {"learner": learner.state_dict(), "generator": gen.get_state(),
+                                                "iteration": it + 1, "history": history, "wall": wall}, fingerprint)
     return history, wall
 
 
@@ -225,7 +241,7 @@ def _plot(results, fits, tasks, curves, fam, out: Path) -> None:
         ax.set_title(f"A={curves[i, 0]:.2f} w={curves[i, 1]:.2f} b={curves[i, 2]:.2f}", fontsize=9)
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"{results['family']}, {results['shots']}-shot, after {results['eval_steps']} step(s)")
-    fig.savefig(out / "fits.png", dpi=110)
+    rundir.atomic_savefig(fig, out / "fits.png", dpi=110)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -239,6 +255,6 @@ def _plot(results, fits, tasks, curves, fam, out: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "training.png", dpi=110)
+    rundir.atomic_savefig(fig, out / "training.png", dpi=110)
     plt.close(fig)
 

@@ -12,14 +12,13 @@ after all ``N`` (Fig. 3: left, centre and right).
 
 Outputs in ``--out``: ``results.json`` (every curve), ``results.csv`` (one row per learner, seed
 and task), ``efficiency.png`` (Fig. 3's three panels, mean and standard error over seeds) and a
-markdown summary on stdout. A checkpoint after every task makes ``--resume`` continue exactly.
+markdown summary on stdout. A checkpoint after every task makes ``--resume`` continue exactly
+(refused if its fingerprint, :mod:`fastcl.rundir`, is not the resuming run's).
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import os
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import rundir
 from .algorithms.ftml import ONLINE_LEARNERS, FTMLConfig, OnlineLearner
 from .data.rainbow import RainbowMNIST
 from .metrics import learning_efficiency
@@ -61,10 +61,25 @@ def _accuracy(learner: OnlineLearner, x: torch.Tensor, y: torch.Tensor, task: in
     return correct / max(1, x.shape[0])
 
 
+def checkpoint_fingerprint(learner: OnlineLearner, stream, arrivals: Sequence[int], threshold: float, seed: int,
+                           extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The fingerprint :func:`run_online_learner` stores in its checkpoints (and checks on resume).
+
+    Args:
+        learner: the learner (its class and config count).
+        stream: the tasks (their number counts).
+        arrivals, threshold, seed: as for :func:`run_online_learner`.
+        extra: more fields that define the run.
+    """
+    return {**rundir.learner_fields(learner), "tasks": len(stream), "arrivals": list(arrivals),
+            "threshold": threshold, "seed": seed, **(extra or {})}
+
+
 def run_online_learner(learner: OnlineLearner, stream: RainbowMNIST, *, arrivals: Sequence[int] = DEFAULT_ARRIVALS,
                        threshold: float = 0.9, seed: int = 0, checkpoint: Optional[str | os.PathLike] = None,
                        resume: bool = False, progress: bool = True, stop_after: Optional[int] = None,
-                       desc: str = "") -> list[dict[str, Any]]:
+                       desc: str = "", fingerprint: Optional[dict[str, Any]] = None,
+                       log: Optional[Callable[[str], None]] = None) -> list[dict[str, Any]]:
     """Run one learner over the task sequence (Alg. 1); one record per task.
 
     Args:
@@ -73,8 +88,13 @@ def run_online_learner(learner: OnlineLearner, stream: RainbowMNIST, *, arrivals
         arrivals: sizes of ``D_t`` after each arrival (see :func:`arrival_grid`).
         threshold: proficiency threshold gamma on test accuracy.
         seed: seed of the order in which a task's examples arrive.
-        checkpoint: file written after every task; ``resume`` continues from it.
+        checkpoint: file written after every task (checksummed, with the run's fingerprint: learner
+            class and config, number of tasks, arrivals, threshold, seed, and ``fingerprint``);
+            ``resume`` continues from it, or raises :class:`~fastcl.rundir.RunDirError` if it is
+            damaged or of another run.
         stop_after: stop after this many tasks (tests simulate an interruption with it).
+        fingerprint: more fields that define the run (data digest, test images...).
+        log: told "resuming from task k/T" when a checkpoint is resumed.
 
     Returns:
         Per task: ``task``, ``info``, ``datapoints`` (the grid), ``accuracy`` (one per arrival),
@@ -84,12 +104,15 @@ def run_online_learner(learner: OnlineLearner, stream: RainbowMNIST, *, arrivals
     records: list[dict[str, Any]] = []
     gen = torch.Generator().manual_seed(seed)
     start = 0
+    fingerprint = checkpoint_fingerprint(learner, stream, arrivals, threshold, seed, fingerprint)
     if resume and checkpoint is not None and Path(checkpoint).is_file():
-        state = torch.load(checkpoint, weights_only=False)
+        state = rundir.load_checkpoint(checkpoint, fingerprint)
         learner.load_state_dict(state["learner"])
         gen.set_state(state["generator"])
         records = list(state["records"])
         start = len(records)
+        if log is not None:
+            log(rundir.resume_message(start, len(stream), checkpoint))
     bar = tqdm(range(start, len(stream)), disable=not progress, desc=desc, unit="task", leave=False)
     for k in bar:
         if stop_after is not None and k >= stop_after:
@@ -113,9 +136,8 @@ def run_online_learner(learner: OnlineLearner, stream: RainbowMNIST, *, arrivals
                         "efficiency": eff, "train_seconds": train_s, "eval_seconds": eval_s})
         bar.set_postfix(eff=("-" if eff != eff else int(eff)), acc=f"{accs[-1]:.2f}")
         if checkpoint is not None:
-            tmp = Path(str(checkpoint) + ".tmp")
-            torch.save({"learner": learner.state_dict(), "generator": gen.get_state(), "records": records}, tmp)
-            os.replace(tmp, checkpoint)
+            rundir.save_checkpoint(checkpoint, {"learner": learner.state_dict(), "generator": gen.get_state(),
+                                                "records": records}, fingerprint)
     return records
 
 
@@ -141,14 +163,16 @@ def _summary(records: list[dict[str, Any]], per_task: int) -> dict[str, float]:
     }
 
 
+@rundir.releases_run_dirs
 def run_online(learners: Sequence[str], *, num_tasks: int = 56, per_task: int = 900,
                arrivals: Sequence[int] = DEFAULT_ARRIVALS, seeds: Sequence[int] = (0,),
                overrides: Sequence[str] = (), data: Optional[str] = None, test_per_task: Optional[int] = None,
-               threshold: float = 0.9, out_dir: str | os.PathLike = "results/ftml", resume: bool = False,
+               threshold: float = 0.9, out_dir: Optional[str | os.PathLike] = None, resume: bool = False,
                progress: bool = True, plots: bool = True,
                model_fn: Callable[[], torch.nn.Module] = ConvNet,
-               log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run ``learners`` x ``seeds`` on Rainbow MNIST; see the module docstring. Returns the results."""
+               log: Callable[[str], None] = print, overwrite: bool = False) -> dict[str, Any]:
+    """Run ``learners`` x ``seeds`` on Rainbow MNIST; see the module docstring. Returns the results.
+    ``out_dir``, ``resume``, ``overwrite``: as :func:`fastcl.rundir.open_run_dir`."""
     from .experiments import parse_overrides
 
     unknown = [n for n in learners if n not in ONLINE_LEARNERS]
@@ -166,24 +190,36 @@ def run_online(learners: Sequence[str], *, num_tasks: int = 56, per_task: int = 
         except ValueError:
             raise ValueError(f"finetune_batch expects an int or none, got {v!r}") from None
     FTMLConfig(**cfg_overrides)  # reject bad values before any training
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    data_id = rundir.data_fields("mnist", data)
+    out = rundir.open_run_dir(out_dir, learners=learners, what=STREAM, resume=resume, overwrite=overwrite)
     results: dict[str, Any] = {"stream": STREAM, "tasks": num_tasks, "per_task": per_task,
                                "arrivals": arrival_grid(arrivals, per_task), "threshold": threshold,
                                "seeds": list(seeds), "overrides": list(overrides), "data": data,
                                "test_per_task": test_per_task, "torch_threads": torch.get_num_threads(),
-                               "learners": {}}
+                               "learners": {}, **rundir.fingerprint(**data_id)}
     streams = {s: RainbowMNIST(num_tasks, per_task, seed=s, source=data, test_per_task=test_per_task) for s in seeds}
+
+    def job(name: str, seed: int):
+        """The learner, checkpoint fingerprint fields and checkpoint path of one (learner, seed) run."""
+        torch.manual_seed(seed)
+        config = FTMLConfig(**{**cfg_overrides, "seed": seed})
+        learner = ONLINE_LEARNERS[name](model_fn(), RainbowMNIST.input_shape, config)
+        fp = rundir.fingerprint(learner=name, per_task=per_task, test_per_task=test_per_task, **data_id)
+        return learner, fp, out / f"checkpoint-{name}-seed{seed}.pt"
+
+    for name, seed in [(n, s) for n in learners for s in seeds if resume]:  # damaged / foreign: refused first
+        learner, fp, ck = job(name, seed)
+        if ck.is_file():
+            rundir.verify_checkpoint(ck, checkpoint_fingerprint(learner, streams[seed], arrivals, threshold, seed, fp))
     for name in learners:
         runs = []
         for seed in seeds:
-            torch.manual_seed(seed)
-            config = FTMLConfig(**{**cfg_overrides, "seed": seed})
-            learner = ONLINE_LEARNERS[name](model_fn(), RainbowMNIST.input_shape, config)
+            learner, fp, ck = job(name, seed)
+            config = learner.config
             begin = time.perf_counter()
             records = run_online_learner(learner, streams[seed], arrivals=arrivals, threshold=threshold, seed=seed,
-                                         checkpoint=out / f"checkpoint-{name}-seed{seed}.pt", resume=resume,
-                                         progress=progress, desc=f"{name} seed {seed}")
+                                         checkpoint=ck, resume=resume, progress=progress, desc=f"{name} seed {seed}",
+                                         fingerprint=fp, log=lambda m: log(f"{name} seed {seed}: {m}"))
             runs.append({"seed": seed, "records": records, "summary": _summary(records, per_task),
                          "wall_seconds": time.perf_counter() - begin})
         keys = runs[0]["summary"]
@@ -223,19 +259,17 @@ def summary_table(results: dict[str, Any]) -> str:
 
 
 def _write(results: dict[str, Any], out: Path) -> None:
-    with open(out / "results.json", "w") as fh:
-        json.dump(results, fh, indent=1)
-    with open(out / "results.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["learner", "seed", "task", "colour", "scale", "rotation", "efficiency", "accuracy_100",
-                    "accuracy_final", "train_seconds", "eval_seconds"])
-        for name, r in results["learners"].items():
-            for run in r["runs"]:
-                for rec in run["records"]:
-                    i = rec["info"]
-                    w.writerow([name, run["seed"], rec["task"], i["colour"], i["scale"], i["rotation"],
-                                rec["efficiency"], _at(rec, 100), rec["accuracy"][-1], rec["train_seconds"],
-                                rec["eval_seconds"]])
+    rundir.atomic_write_json(out / "results.json", results)
+    rows = [["learner", "seed", "task", "colour", "scale", "rotation", "efficiency", "accuracy_100",
+             "accuracy_final", "train_seconds", "eval_seconds"]]
+    for name, r in results["learners"].items():
+        for run in r["runs"]:
+            for rec in run["records"]:
+                i = rec["info"]
+                rows.append([name, run["seed"], rec["task"], i["colour"], i["scale"], i["rotation"],
+                             rec["efficiency"], _at(rec, 100), rec["accuracy"][-1], rec["train_seconds"],
+                             rec["eval_seconds"]])
+    rundir.atomic_write_csv(out / "results.csv", rows)
 
 
 def _plot(results: dict[str, Any], out: Path) -> None:
@@ -266,7 +300,7 @@ def _plot(results: dict[str, Any], out: Path) -> None:
     axes[0].legend()
     fig.suptitle(f"Rainbow MNIST, {results['tasks']} tasks (lower is better)")
     fig.tight_layout()
-    fig.savefig(out / "efficiency.png", dpi=120)
+    rundir.atomic_savefig(fig, out / "efficiency.png", dpi=120)
     plt.close(fig)
 
 
@@ -307,6 +341,6 @@ def run_from_args(args, learners: Sequence[str]) -> int:
     run_online(learners, num_tasks=56 if args.tasks is None else args.tasks, per_task=per_task,
                arrivals=arrivals, seeds=list(range(args.seed_offset, args.seed_offset + args.seeds)),
                overrides=overrides, data=args.data, test_per_task=args.test_per_task,
-               threshold=args.proficiency, out_dir=args.out if args.out != "results/run" else "results/ftml",
-               resume=args.resume, progress=not args.no_progress, plots=not args.no_plots)
+               threshold=args.proficiency, out_dir=args.out, resume=args.resume, overwrite=args.overwrite,
+               progress=not args.no_progress, plots=not args.no_plots)
     return 0

@@ -13,7 +13,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -21,8 +21,9 @@ from tqdm.auto import tqdm
 from .algorithms.base import Learner
 from .data.streams import Stream
 from .metrics import AccuracyMatrix
+from .rundir import learner_fields, load_checkpoint, resume_message, save_checkpoint
 
-__all__ = ["RunResult", "run_stream", "evaluate"]
+__all__ = ["RunResult", "run_stream", "evaluate", "checkpoint_fingerprint"]
 
 
 @dataclass
@@ -58,10 +59,27 @@ def evaluate(learner: Learner, stream: Stream, batch_size: int = 1000) -> list[f
     return accs
 
 
+def checkpoint_fingerprint(learner: Learner, stream: Stream, batch_size: int, seed: int,
+                           extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The fingerprint :func:`run_stream` stores in its checkpoints (and checks on resume).
+
+    Args:
+        learner: the learner (its class and config count).
+        stream: the stream (its name and length count).
+        batch_size: examples per incoming batch.
+        seed: seed of the batch order.
+        extra: more fields that define the run.
+    """
+    return {**learner_fields(learner), "stream": stream.name, "tasks": len(stream), "batch_size": batch_size,
+            "seed": seed, **(extra or {})}
+
+
 def run_stream(learner: Learner, stream: Stream, *, batch_size: int = 10, seed: int = 0,
                checkpoint: Optional[str | os.PathLike] = None, resume: bool = False,
                progress: bool = True, stop_after: Optional[int] = None,
-               on_task_end: Optional[Callable[[int, list[float]], None]] = None) -> RunResult:
+               on_task_end: Optional[Callable[[int, list[float]], None]] = None,
+               fingerprint: Optional[dict[str, Any]] = None,
+               log: Optional[Callable[[str], None]] = None) -> RunResult:
     """Train ``learner`` on ``stream`` task by task and fill the accuracy matrix.
 
     Args:
@@ -69,28 +87,36 @@ def run_stream(learner: Learner, stream: Stream, *, batch_size: int = 10, seed: 
         stream: the tasks.
         batch_size: examples per incoming batch.
         seed: seed of the batch order.
-        checkpoint: file written after every task (and read with ``resume``).
-        resume: continue from ``checkpoint`` if it exists.
+        checkpoint: file written after every task (and read with ``resume``), checksummed, with the
+            run's fingerprint (learner class and config, stream name and length, batch size, seed,
+            and ``fingerprint``): see :mod:`fastcl.rundir`.
+        resume: continue from ``checkpoint`` if it exists; a damaged checkpoint or one of another
+            run (fingerprints differ) raises :class:`~fastcl.rundir.RunDirError`.
         progress: a progress bar per task (on stderr).
         stop_after: stop after this many tasks (to simulate an interruption in tests).
         on_task_end: called with (task, accuracies) after each task's evaluation.
+        fingerprint: more fields that define the run (data digest, memory, ...), stored and checked.
+        log: told "resuming from task k/T" when a checkpoint is resumed.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     result = RunResult(AccuracyMatrix(len(stream)))
     gen = torch.Generator().manual_seed(seed)
     start = 0
+    fingerprint = checkpoint_fingerprint(learner, stream, batch_size, seed, fingerprint)
     if resume:
         if checkpoint is None:
             raise ValueError("resume=True needs a checkpoint path")
         if Path(checkpoint).is_file():
-            state = torch.load(checkpoint, weights_only=False)
+            state = load_checkpoint(checkpoint, fingerprint)
             learner.load_state_dict(state["learner"])
             gen.set_state(state["generator"])
             result.acc.load_state_dict(state["acc"])
             result.train_seconds = list(state["train_seconds"])
             result.losses = list(state["losses"])
             start = int(state["next_task"])
+            if log is not None:
+                log(resume_message(start, len(stream), checkpoint))
     for task in stream.tasks[start:]:
         t = task.task_id
         if stop_after is not None and t >= stop_after:
@@ -110,9 +136,7 @@ def run_stream(learner: Learner, stream: Stream, *, batch_size: int = 10, seed: 
         if on_task_end is not None:
             on_task_end(t, accs)
         if checkpoint is not None:
-            tmp = Path(str(checkpoint) + ".tmp")
-            torch.save({"learner": learner.state_dict(), "generator": gen.get_state(),
-                        "acc": result.acc.state_dict(), "train_seconds": result.train_seconds,
-                        "losses": result.losses, "next_task": t + 1}, tmp)
-            os.replace(tmp, checkpoint)
+            save_checkpoint(checkpoint, {"learner": learner.state_dict(), "generator": gen.get_state(),
+                                         "acc": result.acc.state_dict(), "train_seconds": result.train_seconds,
+                                         "losses": result.losses, "next_task": t + 1}, fingerprint)
     return result
