@@ -33,7 +33,7 @@ run: build
 	$(VENV)/bin/fastcl info
 	$(VENV)/bin/fastcl bench ops --quick
 	$(VENV)/bin/fastcl run er-ring,hal --stream permuted-mnist --tasks 23 --memory 1 --seeds 1 \
-	  --skip-first 3 --out results/make-run
+	  --skip-first 3 --out results/make-run --overwrite
 
 pytest: build
 	$(PY) -m pytest -q tests

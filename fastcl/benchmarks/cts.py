@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import time
 from typing import Callable
@@ -160,6 +159,7 @@ def main(args: argparse.Namespace) -> int:
     threads = [int(t) for t in str(args.threads).split(",") if t.strip()]
     res = run(threads, args.tasks, args.steps, args.repeats)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=1)
+        from fastcl.rundir import atomic_write_json
+
+        atomic_write_json(args.json, res)
     return 0

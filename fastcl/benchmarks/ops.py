@@ -76,7 +76,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import math
 import platform
 import sys
@@ -1262,8 +1261,9 @@ def run_from_args(args: argparse.Namespace) -> int:
         return 2
     print(format_tables(res, markdown=args.markdown))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res.to_json(), f, indent=1)
+        from fastcl.rundir import atomic_write_json
+
+        atomic_write_json(args.json, res.to_json())
     wrong = [r for r in res.rows if r.get("error", "").startswith("WRONG")]
     return 1 if wrong else 0
 
