@@ -104,7 +104,14 @@ LEARNERS: dict[str, tuple[Callable, type]] = {
 
 
 def parse_overrides(items: Sequence[str], config_cls: type) -> dict[str, Any]:
-    """``["lam=0.3", "first_order=true"]`` -> typed config overrides (names checked)."""
+    """``["lam=0.3", "first_order=true"]`` -> typed config overrides (names checked).
+
+    Args:
+        items: ``KEY=VALUE`` strings (``--set``); the type of each value is the field's default's.
+        config_cls: the config dataclass whose fields the keys name.
+
+    Raises ValueError naming the key and the expected type, or the valid keys for an unknown one.
+    """
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
     out: dict[str, Any] = {}
     for item in items:
@@ -113,20 +120,24 @@ def parse_overrides(items: Sequence[str], config_cls: type) -> dict[str, Any]:
         key, value = item.split("=", 1)
         key = key.strip().replace("-", "_")
         if key not in fields:
-            raise ValueError(f"{config_cls.__name__} has no setting {key!r}; settings: {', '.join(sorted(fields))}")
+            raise ValueError(f"--set {item!r}: {config_cls.__name__} has no setting {key!r}; "
+                             f"settings: {', '.join(sorted(fields))}")
         default = fields[key].default
         if isinstance(default, bool):
             if value.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(f"{key} expects true or false, got {value!r}")
+                raise ValueError(f"--set {key}: expects true or false, got {value!r}")
             out[key] = value.lower() in ("true", "1")
-        elif isinstance(default, int):
-            out[key] = int(value)
-        elif isinstance(default, float):
-            out[key] = float(value)
-        elif isinstance(default, tuple):
-            out[key] = tuple(float(v) for v in value.split(","))
-        else:
-            out[key] = value
+            continue
+        kinds = {int: "an int", float: "a number", tuple: "comma-separated numbers"}
+        kind = next((k for k in kinds if isinstance(default, k)), None)
+        try:
+            if kind is tuple:
+                out[key] = tuple(float(v) for v in value.split(","))
+            else:
+                out[key] = value if kind is None else kind(value)
+        except ValueError:
+            raise ValueError(f"--set {key}: expects {kinds[kind]} (like its default {default!r}), "
+                             f"got {value!r}") from None
     return out
 
 
@@ -169,8 +180,10 @@ def run_experiment(learners: Sequence[str], stream_name: str, *, num_tasks: int,
                    memory: int, seeds: Sequence[int], overrides: Sequence[str] = (), data: Optional[str] = None,
                    skip_first: int = 0, out_dir: str | os.PathLike = "results", resume: bool = False,
                    progress: bool = True, plots: bool = True, batch_size: int = 10,
-                   log: Callable[[str], None] = print) -> dict[str, Any]:
+                   log: Callable[[str], None] = print, check_finite: bool = True) -> dict[str, Any]:
     """Run ``learners`` x ``seeds`` on the stream ``stream_name``; see the module docstring.
+
+    ``check_finite``: stop on a NaN / inf input or loss (see :func:`fastcl.train.run_stream`).
 
     Returns the results dictionary also written to ``results.json``.
     """
@@ -180,8 +193,10 @@ def run_experiment(learners: Sequence[str], stream_name: str, *, num_tasks: int,
         raise ValueError("seeds must not be empty")
     if memory < 1:
         raise ValueError(f"memory (examples per class per task) must be >= 1, got {memory}")
+    if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
+        raise ValueError(f"num_tasks (--tasks) must be an int >= 1, got {num_tasks!r}")
     if skip_first < 0 or skip_first >= num_tasks:
-        raise ValueError(f"skip_first must be in [0, {num_tasks}), got {skip_first}")
+        raise ValueError(f"skip_first (--skip-first) must be in [0, num_tasks = {num_tasks}), got {skip_first}")
     for name in learners:
         if name not in LEARNERS:
             raise ValueError(f"unknown learner {name!r}; choose from {', '.join(LEARNERS)}")
@@ -212,7 +227,7 @@ def run_experiment(learners: Sequence[str], stream_name: str, *, num_tasks: int,
                 log(f"{name} seed {seed}: {len(stream)} tasks")
             begin = time.perf_counter()
             res = run_stream(learner, stream, batch_size=batch_size, seed=seed, checkpoint=ck, resume=resume,
-                             progress=progress)
+                             progress=progress, check_finite=check_finite)
             wall = time.perf_counter() - begin
             summary = res.summary(skip_first)
             config = dataclasses.asdict(learner.config)

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from .algorithms.ftml import ONLINE_LEARNERS, FTMLConfig, OnlineLearner
 from .data.rainbow import RainbowMNIST
+from .finite import FiniteGuard
 from .metrics import learning_efficiency
 from .models import ConvNet
 
@@ -64,7 +65,7 @@ def _accuracy(learner: OnlineLearner, x: torch.Tensor, y: torch.Tensor, task: in
 def run_online_learner(learner: OnlineLearner, stream: RainbowMNIST, *, arrivals: Sequence[int] = DEFAULT_ARRIVALS,
                        threshold: float = 0.9, seed: int = 0, checkpoint: Optional[str | os.PathLike] = None,
                        resume: bool = False, progress: bool = True, stop_after: Optional[int] = None,
-                       desc: str = "") -> list[dict[str, Any]]:
+                       desc: str = "", check_finite: bool = True) -> list[dict[str, Any]]:
     """Run one learner over the task sequence (Alg. 1); one record per task.
 
     Args:
@@ -75,6 +76,8 @@ def run_online_learner(learner: OnlineLearner, stream: RainbowMNIST, *, arrivals
         seed: seed of the order in which a task's examples arrive.
         checkpoint: file written after every task; ``resume`` continues from it.
         stop_after: stop after this many tasks (tests simulate an interruption with it).
+        check_finite: stop (:class:`~fastcl.finite.NonFiniteError`, naming the task and arrival) on a
+            NaN / inf input batch or weights; checked once per task, before the checkpoint.
 
     Returns:
         Per task: ``task``, ``info``, ``datapoints`` (the grid), ``accuracy`` (one per arrival),
@@ -84,6 +87,7 @@ def run_online_learner(learner: OnlineLearner, stream: RainbowMNIST, *, arrivals
     records: list[dict[str, Any]] = []
     gen = torch.Generator().manual_seed(seed)
     start = 0
+    guard = FiniteGuard(f"{desc or 'learner'}: task {{}}, arrival {{}}", enabled=check_finite)
     if resume and checkpoint is not None and Path(checkpoint).is_file():
         state = torch.load(checkpoint, weights_only=False)
         learner.load_state_dict(state["learner"])
@@ -103,11 +107,13 @@ def run_online_learner(learner: OnlineLearner, stream: RainbowMNIST, *, arrivals
             idx = order[begin:end]
             t0 = time.perf_counter()
             learner.observe(task.x_train[idx], task.y_train[idx], k)
+            guard.record(k, len(accs), input=task.x_train[idx], weights=list(learner.model.parameters()))
             t1 = time.perf_counter()
             accs.append(_accuracy(learner, task.x_test, task.y_test, k))
             train_s += t1 - t0
             eval_s += time.perf_counter() - t1
             begin = end
+        guard.check()
         eff = learning_efficiency(grid, accs, threshold)
         records.append({"task": k, "info": task.info, "datapoints": grid, "accuracy": accs,
                         "efficiency": eff, "train_seconds": train_s, "eval_seconds": eval_s})
@@ -147,8 +153,10 @@ def run_online(learners: Sequence[str], *, num_tasks: int = 56, per_task: int = 
                threshold: float = 0.9, out_dir: str | os.PathLike = "results/ftml", resume: bool = False,
                progress: bool = True, plots: bool = True,
                model_fn: Callable[[], torch.nn.Module] = ConvNet,
-               log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run ``learners`` x ``seeds`` on Rainbow MNIST; see the module docstring. Returns the results."""
+               log: Callable[[str], None] = print, check_finite: bool = True) -> dict[str, Any]:
+    """Run ``learners`` x ``seeds`` on Rainbow MNIST; see the module docstring. Returns the results.
+
+    ``check_finite``: stop on a NaN / inf input or weights (see :func:`run_online_learner`)."""
     from .experiments import parse_overrides
 
     unknown = [n for n in learners if n not in ONLINE_LEARNERS]
@@ -183,7 +191,7 @@ def run_online(learners: Sequence[str], *, num_tasks: int = 56, per_task: int = 
             begin = time.perf_counter()
             records = run_online_learner(learner, streams[seed], arrivals=arrivals, threshold=threshold, seed=seed,
                                          checkpoint=out / f"checkpoint-{name}-seed{seed}.pt", resume=resume,
-                                         progress=progress, desc=f"{name} seed {seed}")
+                                         progress=progress, desc=f"{name} seed {seed}", check_finite=check_finite)
             runs.append({"seed": seed, "records": records, "summary": _summary(records, per_task),
                          "wall_seconds": time.perf_counter() - begin})
         keys = runs[0]["summary"]
@@ -282,6 +290,10 @@ def add_run_arguments(group) -> None:
                        help="held-out test images per task (default: the whole test pool)")
 
 
+#: Smallest value of this family's integer options of ``fastcl run`` (checked before any run).
+RUN_MINIMUMS = {"iterations": 0, "test_per_task": 1}  # FTMLConfig: meta_steps >= 0
+
+
 def run_from_args(args, learners: Sequence[str]) -> int:
     """``fastcl run ftml,toe,ftl,scratch --stream rainbow-mnist ...``.
 
@@ -308,5 +320,6 @@ def run_from_args(args, learners: Sequence[str]) -> int:
                arrivals=arrivals, seeds=list(range(args.seed_offset, args.seed_offset + args.seeds)),
                overrides=overrides, data=args.data, test_per_task=args.test_per_task,
                threshold=args.proficiency, out_dir=args.out if args.out != "results/run" else "results/ftml",
-               resume=args.resume, progress=not args.no_progress, plots=not args.no_plots)
+               resume=args.resume, progress=not args.no_progress, plots=not args.no_plots,
+               check_finite=not args.no_finite_check)
     return 0

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .algorithms.base import Learner
 from .data.streams import Stream
+from .finite import FiniteGuard
 from .metrics import AccuracyMatrix
 
 __all__ = ["RunResult", "run_stream", "evaluate"]
@@ -61,7 +62,8 @@ def evaluate(learner: Learner, stream: Stream, batch_size: int = 1000) -> list[f
 def run_stream(learner: Learner, stream: Stream, *, batch_size: int = 10, seed: int = 0,
                checkpoint: Optional[str | os.PathLike] = None, resume: bool = False,
                progress: bool = True, stop_after: Optional[int] = None,
-               on_task_end: Optional[Callable[[int, list[float]], None]] = None) -> RunResult:
+               on_task_end: Optional[Callable[[int, list[float]], None]] = None,
+               check_finite: bool = True) -> RunResult:
     """Train ``learner`` on ``stream`` task by task and fill the accuracy matrix.
 
     Args:
@@ -74,12 +76,17 @@ def run_stream(learner: Learner, stream: Stream, *, batch_size: int = 10, seed: 
         progress: a progress bar per task (on stderr).
         stop_after: stop after this many tasks (to simulate an interruption in tests).
         on_task_end: called with (task, accuracies) after each task's evaluation.
+        check_finite: stop with :class:`~fastcl.finite.NonFiniteError` (naming the task and batch)
+            when an input batch or the weights after a batch hold NaN / inf (a diverging loss shows
+            there; some learners return a NaN loss when they train nothing); checked once per task,
+            before the checkpoint.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     result = RunResult(AccuracyMatrix(len(stream)))
     gen = torch.Generator().manual_seed(seed)
     start = 0
+    guard = FiniteGuard("task {}, {}", enabled=check_finite)
     if resume:
         if checkpoint is None:
             raise ValueError("resume=True needs a checkpoint path")
@@ -100,9 +107,12 @@ def run_stream(learner: Learner, stream: Stream, *, batch_size: int = 10, seed: 
                    desc=f"task {t + 1}/{len(stream)}", leave=False, unit="batch")
         losses = []
         begin = time.perf_counter()
-        for x, y in bar:
+        for i, (x, y) in enumerate(bar):
             losses.append(learner.observe(x, y, t))
+            guard.record(t, f"batch {i}", input=x, weights=getattr(learner, "params", ()))
         learner.end_task(t)
+        guard.record(t, "end_task", weights=getattr(learner, "params", ()))
+        guard.check()
         result.train_seconds.append(time.perf_counter() - begin)
         result.losses.append(sum(losses) / max(1, len(losses)))
         accs = evaluate(learner, stream)
