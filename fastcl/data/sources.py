@@ -266,14 +266,14 @@ def _cifar_split(path: Path) -> ImageSet:
         data, labels = np.asarray(data), np.asarray(labels)
     except (ValueError, TypeError) as e:
         raise DataSourceError(f"{path}: b'data' / b'fine_labels' are not arrays ({e})") from None
+    if len(labels) == 0:
+        raise DataSourceError(f"{path} holds no images: the split is empty")
     if data.dtype != np.uint8:
         raise DataSourceError(f"{path}: b'data' holds {data.dtype} values; expected uint8 pixels")
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
         raise DataSourceError(f"{path}: b'fine_labels' must be a list of ints, got {labels.dtype} {labels.shape}")
     if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != len(labels):
         raise DataSourceError(f"{path}: data has shape {data.shape} for {len(labels)} labels; expected [N, 3072]")
-    if len(labels) == 0:
-        raise DataSourceError(f"{path} holds no images: the split is empty")
     if int(labels.min()) < 0 or int(labels.max()) >= 100:
         bad = int(labels.max()) if int(labels.max()) >= 100 else int(labels.min())
         raise DataSourceError(f"{path} holds fine label {bad}; CIFAR-100 labels are in [0, 100)")
