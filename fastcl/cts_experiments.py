@@ -56,7 +56,8 @@ def add_run_arguments(g) -> None:
                    help="CTS/Reptile: shard the task learners over N processes (torch.distributed, gloo on CPU)")
     g.add_argument("--cts-form", choices=SYNTHETIC_FORMS, default="scaled",
                    help="synthetic2d: the authors' scaled-argument loss (default) or the printed one")
-    g.add_argument("--cts-start", default="-5,5", help="synthetic2d: the initial phi 'x,y' (default -5,5; --cts-start -5,5 or --cts-start=-5,5)")
+    g.add_argument("--cts-start", default="-5,5",
+                   help="synthetic2d: the initial phi 'x,y' (default -5,5; --cts-start -5,5 or --cts-start=-5,5)")
     g.add_argument("--cts-test-steps", type=int, default=None,
                    help="meta-test inner steps (synthetic2d 100, images 100)")
     g.add_argument("--cts-eval-every", type=int, default=10,

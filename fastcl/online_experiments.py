@@ -294,6 +294,26 @@ def add_run_arguments(group) -> None:
 RUN_MINIMUMS = {"iterations": 0, "test_per_task": 1}  # FTMLConfig: meta_steps >= 0
 
 
+def _arrivals(args) -> Sequence[int]:
+    """``--arrivals`` as positive ints (the default grid when not given)."""
+    if args.arrivals is None:
+        return DEFAULT_ARRIVALS
+    try:
+        arrivals = [int(a) for a in args.arrivals.split(",") if a.strip()]
+    except ValueError:
+        arrivals = [0]
+    if not arrivals or min(arrivals) < 1:
+        raise ValueError(f"--arrivals expects comma-separated ints >= 1, got {args.arrivals!r}")
+    return arrivals
+
+
+def check_run_args(args, learners: Sequence[str]) -> None:
+    """The checks of ``fastcl run`` for this family's options that a minimum cannot express."""
+    _arrivals(args)
+    if not 0 < args.proficiency <= 1:
+        raise ValueError(f"--proficiency (an accuracy) must be in (0, 1], got {args.proficiency}")
+
+
 def run_from_args(args, learners: Sequence[str]) -> int:
     """``fastcl run ftml,toe,ftl,scratch --stream rainbow-mnist ...``.
 
@@ -306,10 +326,7 @@ def run_from_args(args, learners: Sequence[str]) -> int:
         raise ValueError(f"--stream {args.stream!r}: {', '.join(learners)} run on {STREAM!r} only")
     if args.family is not None:
         raise ValueError(f"--family is for the meta-learning task families; {', '.join(learners)} use --stream {STREAM}")
-    try:
-        arrivals = DEFAULT_ARRIVALS if args.arrivals is None else [int(a) for a in args.arrivals.split(",") if a.strip()]
-    except ValueError:
-        raise ValueError(f"--arrivals expects comma-separated ints, got {args.arrivals!r}") from None
+    arrivals = _arrivals(args)
     overrides = list(args.overrides)
     for flag, field in (("shots", "inner_batch"), ("inner_steps", "inner_steps"), ("meta_batch", "meta_batch"),
                         ("iterations", "meta_steps")):

@@ -72,6 +72,11 @@ def test_zero_and_negative_counts_are_rejected_naming_the_flag(tmp_path, data_di
 def test_ftml_flags_are_checked_too(tmp_path, data_dir, capsys):
     _rejected(["ftml", *TINY, "--test-per-task", "0"], tmp_path, data_dir, capsys, "--test-per-task must be >= 1")
     _rejected(["ftml", *TINY, "--shots", "0"], tmp_path, data_dir, capsys, "--shots must be >= 1")
+    _rejected(["ftml", *TINY, "--proficiency", "0"], tmp_path, data_dir, capsys,
+              "--proficiency (an accuracy) must be in (0, 1]")
+    for bad in ("10,x", "0,10", ","):
+        _rejected(["ftml", *TINY, f"--arrivals={bad}"], tmp_path, data_dir, capsys,
+                  "--arrivals expects comma-separated ints >= 1")
 
 
 def test_tasks_and_skip_first_say_what_is_wrong(tmp_path, data_dir, capsys):

@@ -191,7 +191,7 @@ def split_cifar100(root: str | os.PathLike, num_tasks: int = 20, seed: Optional[
     """
     train, test = load_cifar100(root)
     if 100 % num_tasks != 0:
-        raise ValueError(f"num_tasks must divide 100, got {num_tasks}")
+        raise ValueError(f"num_tasks (--tasks) must divide 100 (the classes), got {num_tasks}")
     per = 100 // num_tasks
     order = torch.arange(100) if seed is None else torch.randperm(100, generator=torch.Generator().manual_seed(seed))
     xtr, xte = train.x.float().div_(255), test.x.float().div_(255)
