@@ -372,6 +372,7 @@ def test_finite_guard_locates_the_first_bad_record_and_syncs_only_on_check():
     guard = FiniteGuard("step {}", every=0)
     guard.record(0, loss=1.0, x=torch.ones(3))
     guard.record(1, loss=2.0, x=torch.tensor([1.0, float("inf")]))
+    assert isinstance(guard._pending[-1][2], torch.Tensor)  # a flag on the tensor's device, not read yet
     guard.record(2, loss=float("nan"))
     with pytest.raises(NonFiniteError, match="non-finite x .* at step 1"):
         guard.check()
