@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 import torch
@@ -122,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace the results and checkpoints of the run in --out (start it over)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-plots", action="store_true", help="do not write the PNG plots")
+    p.add_argument("--no-finite-check", action="store_true",
+                   help="do not stop on NaN/inf inputs or losses (docs/input-validation.md)")
     g = p.add_argument_group("meta-learning options (shared by the meta-learning families; default: the family's)")
     g.add_argument("--family", default=None, help="task family of the meta-learners (e.g. sinusoid, synthetic2d)")
     g.add_argument("--shots", type=int, default=None, help="K: examples per task in the support set")
@@ -137,7 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
 #: Modules that run learners other than the continual ones of fastcl.experiments. Each exposes
 #: ``NAMES`` (the learner names it runs), ``add_run_arguments(group)`` (its own options; the shared
 #: ones are --seeds, --seed-offset, --out, --threads, --resume, --overwrite, --no-progress, --no-plots, --data,
-#: --stream, --set, --tasks, --family, --shots, --meta-batch, --inner-steps, --iterations) and ``run_from_args(args, learners) -> int``.
+#: --stream, --set, --tasks, --family, --shots, --meta-batch, --inner-steps, --iterations, --no-finite-check) and
+#: ``run_from_args(args, learners) -> int``; optionally ``RUN_MINIMUMS`` (option -> smallest int) and
+#: ``check_run_args(args, learners)``, both applied by _check_run_args before anything runs.
 RUN_FAMILIES: tuple[str, ...] = (
     "fastcl.meta_experiments",  # maml, fomaml, maml-l2f on sinusoids
     "fastcl.cts_experiments",  # reptile, cts, cts-accurate, ... on synthetic2d / images
@@ -154,49 +159,118 @@ def _run_families():
 _DEFAULT_TASKS = {"permuted-mnist": 23, "rotated-mnist": 23, "many-permutations": 100, "split-cifar100": 20}
 
 
+#: Smallest value of each integer option of ``fastcl run`` (unset options are not checked); a
+#: family's ``RUN_MINIMUMS`` adds its own options or changes a shared one's minimum for its learners.
+_RUN_MINIMUMS = {"tasks": 1, "per_task": 1, "memory": 1, "seeds": 1, "seed_offset": 0, "skip_first": 0,
+                 "threads": 1, "shots": 1, "meta_batch": 1, "inner_steps": 0, "iterations": 1}
+
+
+def _family_of(learners: list[str]):
+    """The module that runs ``learners`` (``None``: the continual learners of fastcl.experiments).
+
+    Raises ValueError naming the unknown learners (with the known ones) or the learners of
+    different families."""
+    from fastcl.experiments import LEARNERS
+
+    groups = {None: tuple(LEARNERS), **{mod: tuple(mod.NAMES) for mod in _run_families()}}
+    found: dict = {}
+    unknown = []
+    for name in learners:
+        owner = [mod for mod, names in groups.items() if name in names]
+        if owner:
+            found.setdefault(owner[0], []).append(name)
+        else:
+            unknown.append(name)
+    if unknown:
+        known = ", ".join(n for names in groups.values() for n in names)
+        raise ValueError(f"unknown learner {', '.join(map(repr, unknown))}; known learners: {known}")
+    if len(found) > 1:
+        parts = [f"{', '.join(names)} ({'continual learners' if mod is None else 'family of ' + ', '.join(mod.NAMES)})"
+                 for mod, names in found.items()]
+        raise ValueError(f"{' and '.join(parts)} belong to different families and cannot run together; "
+                         "run each family separately")
+    return next(iter(found))
+
+
+def _check_run_args(args: argparse.Namespace):
+    """Check the options of ``fastcl run`` before anything runs; returns (learners, family module
+    or None for the continual learners).
+
+    Raises ValueError naming the option and what it expects."""
+    learners = [n.strip() for n in args.learner.split(",") if n.strip()]
+    if not learners:
+        raise ValueError("name at least one learner")
+    family = _family_of(learners)
+    minimums = {**_RUN_MINIMUMS, **getattr(family, "RUN_MINIMUMS", {})}
+    for dest, low in minimums.items():
+        value = getattr(args, dest, None)
+        if value is not None and value < low:
+            raise ValueError(f"--{dest.replace('_', '-')} must be >= {low}, got {value}")
+    if family is None:
+        from fastcl.data.streams import STREAMS
+
+        stream = args.stream or "permuted-mnist"
+        if stream not in STREAMS:
+            raise ValueError(f"unknown stream {stream!r}; choose from {', '.join(sorted(STREAMS))}")
+        tasks = args.tasks if args.tasks is not None else _DEFAULT_TASKS[stream]
+        if args.skip_first >= tasks:
+            raise ValueError(f"--skip-first ({args.skip_first}) must be < --tasks ({tasks}): "
+                             "some tasks must be left for the metrics")
+    elif hasattr(family, "check_run_args"):
+        family.check_run_args(args, learners)
+    return learners, family
+
+
+def _error(e: Exception) -> int:
+    print(f"fastcl run: {e}", file=sys.stderr)
+    return 2
+
+
 def _run(args: argparse.Namespace) -> int:
     from fastcl.experiments import run_experiment
 
+    try:
+        learners, family = _check_run_args(args)
+    except ValueError as e:
+        return _error(e)
     if args.threads is not None:
-        if args.threads < 1:
-            raise SystemExit("fastcl run: --threads must be >= 1")
         torch.set_num_threads(args.threads)
-    if args.seeds < 1:
-        raise SystemExit("fastcl run: --seeds must be >= 1")
-    learners = [n.strip() for n in args.learner.split(",") if n.strip()]
-    if not learners:
-        raise SystemExit("fastcl run: name at least one learner")
-    for mod in _run_families():
-        if learners[0] in mod.NAMES:
-            others = [n for n in learners if n not in mod.NAMES]
-            if others:
-                raise SystemExit(f"fastcl run: {', '.join(others)} cannot run together with {learners[0]}")
-            try:
-                return int(mod.run_from_args(args, learners) or 0)
-            except (ValueError, FileNotFoundError) as e:
-                print(f"fastcl run: {e}", file=sys.stderr)
-                return 2
-    from fastcl.data.streams import STREAMS
-
+    if family is not None:
+        try:
+            return int(family.run_from_args(args, learners) or 0)
+        except (ValueError, FileNotFoundError) as e:
+            return _error(e)
     args.stream = args.stream or "permuted-mnist"
-    if args.stream not in STREAMS:
-        raise SystemExit(f"fastcl run: unknown stream {args.stream!r}; choose from {', '.join(sorted(STREAMS))}")
     tasks = args.tasks if args.tasks is not None else _DEFAULT_TASKS[args.stream]
     try:
         run_experiment(learners, args.stream, num_tasks=tasks, per_task=args.per_task, memory=args.memory,
                        seeds=list(range(args.seed_offset, args.seed_offset + args.seeds)),
                        overrides=args.overrides, data=args.data, skip_first=args.skip_first, out_dir=args.out,
                        resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
-                       plots=not args.no_plots)
+                       plots=not args.no_plots, check_finite=not args.no_finite_check)
     except (ValueError, FileNotFoundError) as e:
-        print(f"fastcl run: {e}", file=sys.stderr)
-        return 2
+        return _error(e)
     return 0
+
+
+#: ``-5,5``: a comma-separated list of numbers starting with a negative one (an option's value)
+_NEGATIVE_LIST = re.compile(r"^-[0-9.][^,]*(,[^,]*)+$")
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """``--cts-start -5,5`` -> ``--cts-start=-5,5``: argparse would take ``-5,5`` for an option."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and _NEGATIVE_LIST.match(arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_negative_values(sys.argv[1:] if argv is None else list(argv)))
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:  # Ctrl-C: one line, the last checkpoint kept (checkpoints are atomic), status 130

@@ -37,8 +37,9 @@ import numpy as np
 import torch
 
 from . import rundir
-from .algorithms.cts import CTS, CTSAccurate, CTSConfig, TaskLearners, approximation_error, inner_update_
+from .algorithms.cts import CTS, CTSAccurate, CTSConfig, approximation_error, inner_update_
 from .algorithms.reptile import Reptile
+from .finite import FiniteGuard
 from .data.cts_tasks import IMAGE_TASKS, SYNTHETIC_FORMS, SmallConvNet, adapt_points, image_tasks, synthetic2d
 
 NAMES = ("reptile", "cts", "cts-accurate", "cts-noshift", "mtl-pretrain", "scratch-init", "cts-error")
@@ -59,7 +60,8 @@ def add_run_arguments(g) -> None:
                    help="CTS/Reptile: shard the task learners over N processes (torch.distributed, gloo on CPU)")
     g.add_argument("--cts-form", choices=SYNTHETIC_FORMS, default="scaled",
                    help="synthetic2d: the authors' scaled-argument loss (default) or the printed one")
-    g.add_argument("--cts-start", default="-5,5", help="synthetic2d: the initial phi 'x,y' (default -5,5)")
+    g.add_argument("--cts-start", default="-5,5",
+                   help="synthetic2d: the initial phi 'x,y' (default -5,5; --cts-start -5,5 or --cts-start=-5,5)")
     g.add_argument("--cts-test-steps", type=int, default=None,
                    help="meta-test inner steps (synthetic2d 100, images 100)")
     g.add_argument("--cts-eval-every", type=int, default=10,
@@ -68,6 +70,32 @@ def add_run_arguments(g) -> None:
     g.add_argument("--cts-test", default=",".join(IMAGE_TEST), help="images: held-out meta-test tasks")
     g.add_argument("--cts-per-task", type=int, default=2000, help="images: training images per meta-train task")
     g.add_argument("--cts-test-train", type=int, default=1000, help="images: training images per meta-test task")
+
+
+#: Smallest value of this family's integer options of ``fastcl run`` (checked before any run).
+RUN_MINIMUMS = {"inner_steps": 1, "nproc": 1, "cts_test_steps": 1, "cts_eval_every": 1, "cts_per_task": 1,
+                "cts_test_train": 1}
+
+
+def _given(value, default):
+    """``value`` unless the option was not given (``None``); 0 is a value, not "unset"."""
+    return default if value is None else value
+
+
+def start_point(text: str) -> torch.Tensor:
+    """``"x,y"`` (``--cts-start``) -> the initial phi, two finite float64 numbers."""
+    try:
+        start = torch.tensor([float(v) for v in text.split(",")], dtype=torch.float64)
+    except ValueError:
+        start = None
+    if start is None or start.shape != (2,) or not bool(torch.isfinite(start).all()):
+        raise ValueError(f"--cts-start must be two finite numbers 'x,y' (e.g. --cts-start=-5,5), got {text!r}")
+    return start
+
+
+def check_run_args(args, learners: Sequence[str]) -> None:
+    """The checks of ``fastcl run`` for this family's options that a minimum cannot express."""
+    start_point(args.cts_start)
 
 
 def _overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -80,26 +108,30 @@ def _config(name: str, family: str, args, overrides: dict[str, Any]) -> CTSConfi
     base: dict[str, Any] = {}
     if family == "synthetic2d":
         base = dict(inner_lr=0.05 if args.cts_form == "scaled" else 0.002, meta_lr=0.1,
-                    inner_steps=args.inner_steps or 100, repetitions=args.iterations or 3)
+                    inner_steps=_given(args.inner_steps, 100), repetitions=_given(args.iterations, 3))
     else:
         base = dict(inner_lr=0.02, meta_lr=_IMAGE_BETA.get(name, 0.1),
-                    inner_steps=args.inner_steps or 100, repetitions=args.iterations or 10)
+                    inner_steps=_given(args.inner_steps, 100), repetitions=_given(args.iterations, 10))
     base.update(META_LEARNERS.get(name, (None, {}))[1])
     base.update(overrides)
     return CTSConfig(**base)
 
 
+def _guard(name: str, seed: int, args) -> FiniteGuard:
+    """The NaN / inf check of one meta-training run (off with --no-finite-check)."""
+    return FiniteGuard(f"{name} seed {seed}, inner step {{}} (per task, cumulative)",
+                       enabled=not getattr(args, "no_finite_check", False), every=200)
+
+
 # ------------------------------------------------------------------------------ synthetic 2D
 def _synthetic_one(name: str, seed: int, cfg: CTSConfig, args, distributed: bool = False) -> dict[str, Any]:
     """One meta-training run on the synthetic family; returns its record (rank 0 meaningful)."""
-    T = args.tasks or 8
+    T = _given(args.tasks, 8)
     fam = synthetic2d(T, seed=seed, form=args.cts_form)
-    start = torch.tensor([float(v) for v in args.cts_start.split(",")], dtype=torch.float64)
-    if start.shape != (2,):
-        raise ValueError(f"--cts-start must be 'x,y', got {args.cts_start!r}")
+    start = start_point(args.cts_start)
     cls = META_LEARNERS[name][0]
     learner = cls({"x": start}, fam.loss, T, cfg, distributed=distributed)
-    steps = args.cts_test_steps or 100
+    steps = _given(args.cts_test_steps, 100)
     lr = cfg.inner_lr
     rec: dict[str, Any] = {"seed": seed, "phi": [start.tolist()], "cum_steps": [], "test_adam": [], "test_momentum": []}
 
@@ -110,8 +142,10 @@ def _synthetic_one(name: str, seed: int, cfg: CTSConfig, args, distributed: bool
         rec["test_momentum"].append(adapt_points(fam, x, steps, "momentum", lr, cfg.momentum).item())
 
     last = [-(10 ** 9)]
+    guard = _guard(name, seed, args)
 
     def callback(lr_, losses):
+        guard.record(learner.inner_steps_done, loss=losses, phi=learner.phi["x"])
         rec["phi"].append(learner.phi["x"].tolist())
         if learner.inner_steps_done - last[0] >= args.cts_eval_every:
             last[0] = learner.inner_steps_done
@@ -121,6 +155,7 @@ def _synthetic_one(name: str, seed: int, cfg: CTSConfig, args, distributed: bool
     t0 = time.perf_counter()
     learner.run(fam.batch_fn, callback, progress=not args.no_progress and learner.rank == 0,
                 desc=f"{name} seed {seed}")
+    guard.check()
     rec["train_seconds"] = time.perf_counter() - t0
     if rec["cum_steps"][-1] != learner.inner_steps_done:
         evaluate()
@@ -168,14 +203,14 @@ def _plot_synthetic(results: dict, args, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    T = args.tasks or 8
+    T = _given(args.tasks, 8)
     seed = results["seeds"][0]
     fam = synthetic2d(T, seed=seed, form=args.cts_form)
     lr = next(iter(results["learners"].values()))["config"]["inner_lr"]
     n = 80
     xs = torch.linspace(-10, 20, n, dtype=torch.float64)
     grid = torch.stack(torch.meshgrid(xs, xs, indexing="xy"), -1).reshape(-1, 2)
-    z = adapt_points(fam, grid, args.cts_test_steps or 100, "adam", lr).reshape(n, n)
+    z = adapt_points(fam, grid, _given(args.cts_test_steps, 100), "adam", lr).reshape(n, n)
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
     cs = ax.contourf(xs.numpy(), xs.numpy(), np.log10(z.numpy() + 1e-3), levels=30, cmap="viridis")
     fig.colorbar(cs, ax=ax, label="log10 task-average loss after meta-test (Adam)")
@@ -276,13 +311,19 @@ def _images_one(name: str, seed: int, cfg: CTSConfig, args, distributed: bool = 
     else:
         learner = META_LEARNERS[name][0](model, train.loss, len(train), cfg, heads=heads, distributed=distributed)
         losses = []
-        learner.run(train.batch_fn, lambda l, x: losses.append(float(x.mean())),
-                    progress=progress and learner.rank == 0, desc=f"{name} seed {seed}")
+        guard = _guard(name, seed, args)
+
+        def callback(tl, x):
+            losses.append(float(x.mean()))
+            guard.record(tl.inner_steps_done, loss=losses[-1])
+
+        learner.run(train.batch_fn, callback, progress=progress and learner.rank == 0, desc=f"{name} seed {seed}")
+        guard.check()
         trunk = learner.meta_parameters()
         rec.update(meta_steps=learner.meta_steps, inner_steps=learner.inner_steps_done,
                    train_loss=[float(np.mean(losses[i:i + 10])) for i in range(0, len(losses), 10)])
     rec["train_seconds"] = time.perf_counter() - t0
-    accs = _fine_tune(trunk, test, cfg, args.cts_test_steps or 100, seed)
+    accs = _fine_tune(trunk, test, cfg, _given(args.cts_test_steps, 100), seed)
     rec["test_acc"] = dict(zip(test_names, accs))
     rec["mean_acc"] = float(np.mean(accs))
     return rec
@@ -398,8 +439,6 @@ def run_from_args(args, learners: Sequence[str]) -> int:
         raise ValueError(f"--family must be one of {', '.join(FAMILIES)} for {', '.join(learners)}, got {family!r}")
     if family == "synthetic2d" and any(n in ("mtl-pretrain", "scratch-init") for n in learners):
         raise ValueError("mtl-pretrain and scratch-init are baselines of the images family")
-    if args.nproc < 1:
-        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
     from .distributed import init_from_env
 
     rank, world = init_from_env()  # under torchrun: every rank runs its shard, rank 0 writes

@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from . import metrics, rundir
+from . import rundir
 from .algorithms import (AGEM, EMCL, EWC, HAL, AGEMConfig, CloneAndFinetune, EMCLConfig, ERConfig, ERRing, EWCConfig,
                          Finetune, FinetuneConfig, HALConfig, LaMAML, LaMAMLConfig, Multitask, OracleConfig)
 from .data.streams import STREAMS, Stream, make_stream
@@ -103,7 +103,14 @@ LEARNERS: dict[str, tuple[Callable, type]] = {
 
 
 def parse_overrides(items: Sequence[str], config_cls: type) -> dict[str, Any]:
-    """``["lam=0.3", "first_order=true"]`` -> typed config overrides (names checked)."""
+    """``["lam=0.3", "first_order=true"]`` -> typed config overrides (names checked).
+
+    Args:
+        items: ``KEY=VALUE`` strings (``--set``); the type of each value is the field's default's.
+        config_cls: the config dataclass whose fields the keys name.
+
+    Raises ValueError naming the key and the expected type, or the valid keys for an unknown one.
+    """
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
     out: dict[str, Any] = {}
     for item in items:
@@ -112,20 +119,24 @@ def parse_overrides(items: Sequence[str], config_cls: type) -> dict[str, Any]:
         key, value = item.split("=", 1)
         key = key.strip().replace("-", "_")
         if key not in fields:
-            raise ValueError(f"{config_cls.__name__} has no setting {key!r}; settings: {', '.join(sorted(fields))}")
+            raise ValueError(f"--set {item!r}: {config_cls.__name__} has no setting {key!r}; "
+                             f"settings: {', '.join(sorted(fields))}")
         default = fields[key].default
         if isinstance(default, bool):
             if value.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(f"{key} expects true or false, got {value!r}")
+                raise ValueError(f"--set {key}: expects true or false, got {value!r}")
             out[key] = value.lower() in ("true", "1")
-        elif isinstance(default, int):
-            out[key] = int(value)
-        elif isinstance(default, float):
-            out[key] = float(value)
-        elif isinstance(default, tuple):
-            out[key] = tuple(float(v) for v in value.split(","))
-        else:
-            out[key] = value
+            continue
+        kinds = {int: "an int", float: "a number", tuple: "comma-separated numbers"}
+        kind = next((k for k in kinds if isinstance(default, k)), None)
+        try:
+            if kind is tuple:
+                out[key] = tuple(float(v) for v in value.split(","))
+            else:
+                out[key] = value if kind is None else kind(value)
+        except ValueError:
+            raise ValueError(f"--set {key}: expects {kinds[kind]} (like its default {default!r}), "
+                             f"got {value!r}") from None
     return out
 
 
@@ -169,12 +180,14 @@ def run_experiment(learners: Sequence[str], stream_name: str, *, num_tasks: int,
                    memory: int, seeds: Sequence[int], overrides: Sequence[str] = (), data: Optional[str] = None,
                    skip_first: int = 0, out_dir: Optional[str | os.PathLike] = None, resume: bool = False,
                    progress: bool = True, plots: bool = True, batch_size: int = 10,
-                   log: Callable[[str], None] = print, overwrite: bool = False) -> dict[str, Any]:
+                   log: Callable[[str], None] = print, overwrite: bool = False,
+                   check_finite: bool = True) -> dict[str, Any]:
     """Run ``learners`` x ``seeds`` on the stream ``stream_name``; see the module docstring.
 
     ``out_dir`` ``None`` writes into a new directory ``results/LEARNERS-STREAM-TIMESTAMP``; an
     existing run's directory needs ``resume`` (continue it) or ``overwrite`` (replace it); see
-    :func:`fastcl.rundir.open_run_dir`.
+    :func:`fastcl.rundir.open_run_dir`. ``check_finite``: stop on a NaN / inf input or loss (see
+    :func:`fastcl.train.run_stream`).
 
     Returns the results dictionary also written to ``results.json``.
     """
@@ -184,8 +197,10 @@ def run_experiment(learners: Sequence[str], stream_name: str, *, num_tasks: int,
         raise ValueError("seeds must not be empty")
     if memory < 1:
         raise ValueError(f"memory (examples per class per task) must be >= 1, got {memory}")
+    if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
+        raise ValueError(f"num_tasks (--tasks) must be an int >= 1, got {num_tasks!r}")
     if skip_first < 0 or skip_first >= num_tasks:
-        raise ValueError(f"skip_first must be in [0, {num_tasks}), got {skip_first}")
+        raise ValueError(f"skip_first (--skip-first) must be in [0, num_tasks = {num_tasks}), got {skip_first}")
     for name in learners:
         if name not in LEARNERS:
             raise ValueError(f"unknown learner {name!r}; choose from {', '.join(LEARNERS)}")
@@ -227,7 +242,8 @@ def run_experiment(learners: Sequence[str], stream_name: str, *, num_tasks: int,
                 log(f"{name} seed {seed}: {len(stream)} tasks")
             begin = time.perf_counter()
             res = run_stream(learner, stream, batch_size=batch_size, seed=seed, checkpoint=ck, resume=resume,
-                             progress=progress, fingerprint=fp, log=lambda m: log(f"{name} seed {seed}: {m}"))
+                             progress=progress, fingerprint=fp, log=lambda m: log(f"{name} seed {seed}: {m}"),
+                             check_finite=check_finite)
             wall = time.perf_counter() - begin
             summary = res.summary(skip_first)
             config = dataclasses.asdict(learner.config)

@@ -33,6 +33,7 @@ from . import rundir
 from .algorithms import L2F, MAML, L2FConfig, MAMLConfig
 from .data.meta_tasks import make_sinusoid_family
 from .experiments import parse_overrides
+from .finite import FiniteGuard
 from .models import MLP
 
 __all__ = ["NAMES", "META_LEARNERS", "add_run_arguments", "run_from_args", "run_meta_experiment", "build_meta_learner"]
@@ -58,6 +59,11 @@ def add_run_arguments(group) -> None:
                        help="meta-iterations between checkpoints (and training-loss records)")
 
 
+#: Smallest value of this family's integer options of ``fastcl run`` (checked before any run).
+RUN_MINIMUMS = {"maml_query": 1, "maml_eval_curves": 1, "maml_eval_points": 1, "maml_eval_steps": 0,
+                "maml_checkpoint_every": 1}
+
+
 def build_meta_learner(name: str, seed: int, overrides: dict[str, Any]) -> MAML:
     """The sinusoid MLP (1-40-40-1, seeded) and the learner ``name`` with its config."""
     if name not in META_LEARNERS:
@@ -71,14 +77,15 @@ def build_meta_learner(name: str, seed: int, overrides: dict[str, Any]) -> MAML:
 def run_from_args(args, learners: Sequence[str]) -> int:
     family = args.family or "sinusoid"
     run_meta_experiment(
-        learners, family=family, shots=args.shots or 5, meta_batch=args.meta_batch or 4,
+        learners, family=family, shots=5 if args.shots is None else args.shots,
+        meta_batch=4 if args.meta_batch is None else args.meta_batch,
         inner_steps=args.inner_steps if args.inner_steps is not None else 1,
         iterations=args.iterations if args.iterations is not None else 50_000,
         queries=args.maml_query, eval_curves=args.maml_eval_curves, eval_points=args.maml_eval_points,
         eval_steps=args.maml_eval_steps, checkpoint_every=args.maml_checkpoint_every,
         seeds=list(range(args.seed_offset, args.seed_offset + args.seeds)), overrides=args.overrides,
         out_dir=args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
-        plots=not args.no_plots)
+        plots=not args.no_plots, check_finite=not args.no_finite_check)
     return 0
 
 
@@ -95,9 +102,13 @@ def run_meta_experiment(learners: Sequence[str], *, family: str = "sinusoid", sh
                         checkpoint_every: int = 1000, seeds: Sequence[int] = (0,), overrides: Sequence[str] = (),
                         out_dir: Optional[str | os.PathLike] = None, resume: bool = False, progress: bool = True,
                         plots: bool = True, log: Callable[[str], None] = print,
-                        overwrite: bool = False) -> dict[str, Any]:
+                        overwrite: bool = False, check_finite: bool = True) -> dict[str, Any]:
     """Meta-train and evaluate ``learners`` x ``seeds``; see the module docstring (``out_dir``,
-    ``resume``, ``overwrite``: as :func:`fastcl.rundir.open_run_dir`).
+    ``resume``, ``overwrite``: as :func:`fastcl.rundir.open_run_dir`; ``check_finite``: stop on a
+    non-finite meta-loss).
+
+    ``check_finite``: stop (:class:`~fastcl.finite.NonFiniteError`, naming the meta-iteration) when
+    a meta-training loss is NaN / inf; checked before every checkpoint.
 
     Returns the results dictionary also written to ``results.json``.
     """
@@ -143,7 +154,7 @@ def run_meta_experiment(learners: Sequence[str], *, family: str = "sinusoid", sh
         for seed in seeds:
             learner, fp, ck = job(name, seed)
             history, wall = _train(learner, fam, name, seed, shots, queries, meta_batch, iterations,
-                                   checkpoint_every, ck, resume, progress, fp, log)
+                                   checkpoint_every, ck, resume, progress, fp, log, check_finite)
             mse = learner.evaluate(eval_tasks, steps=eval_steps)
             runs.append({"seed": seed, "test_mse": float(mse.mean()), "test_mse_sem": float(mse.std() / math.sqrt(len(mse))),
                          "history": history, "train_seconds": wall, "ms_per_iteration": 1e3 * wall / iterations})
@@ -169,8 +180,9 @@ def run_meta_experiment(learners: Sequence[str], *, family: str = "sinusoid", sh
 
 def _train(learner: MAML, fam, name: str, seed: int, shots: int, queries: int, meta_batch: int, iterations: int,
            every: int, checkpoint: Path, resume: bool, progress: bool, fingerprint: dict[str, Any],
-           log: Callable[[str], None]) -> tuple[list, float]:
+           log: Callable[[str], None], check_finite: bool = True) -> tuple[list, float]:
     gen = torch.Generator().manual_seed(seed)
+    guard = FiniteGuard(f"{name} seed {seed}, meta-iteration {{}}", enabled=check_finite)
     history: list[list[float]] = []  # [iteration, mean meta-training loss since the last record]
     start, wall = 0, 0.0
     if resume and checkpoint.is_file():
@@ -186,9 +198,11 @@ def _train(learner: MAML, fam, name: str, seed: int, shots: int, queries: int, m
                desc=f"{name} seed {seed}", leave=False, mininterval=1.0)
     acc, n, begin = 0.0, 0, time.perf_counter()
     for it in bar:
-        acc += learner.meta_step(fam.sample(meta_batch, shots, queries, "train", gen))
-        n += 1
+        loss = learner.meta_step(fam.sample(meta_batch, shots, queries, "train", gen))
+        guard.record(it, loss=loss)
+        acc, n = acc + loss, n + 1
         if (it + 1) % every == 0 or it + 1 == iterations:
+            guard.check()
             history.append([it + 1, acc / n])
             bar.set_postfix(loss=f"{acc / n:.3f}")
             acc, n = 0.0, 0

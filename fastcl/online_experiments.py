@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from . import rundir
 from .algorithms.ftml import ONLINE_LEARNERS, FTMLConfig, OnlineLearner
 from .data.rainbow import RainbowMNIST
+from .finite import FiniteGuard
 from .metrics import learning_efficiency
 from .models import ConvNet
 
@@ -79,7 +80,7 @@ def run_online_learner(learner: OnlineLearner, stream: RainbowMNIST, *, arrivals
                        threshold: float = 0.9, seed: int = 0, checkpoint: Optional[str | os.PathLike] = None,
                        resume: bool = False, progress: bool = True, stop_after: Optional[int] = None,
                        desc: str = "", fingerprint: Optional[dict[str, Any]] = None,
-                       log: Optional[Callable[[str], None]] = None) -> list[dict[str, Any]]:
+                       log: Optional[Callable[[str], None]] = None, check_finite: bool = True) -> list[dict[str, Any]]:
     """Run one learner over the task sequence (Alg. 1); one record per task.
 
     Args:
@@ -95,6 +96,8 @@ def run_online_learner(learner: OnlineLearner, stream: RainbowMNIST, *, arrivals
         stop_after: stop after this many tasks (tests simulate an interruption with it).
         fingerprint: more fields that define the run (data digest, test images...).
         log: told "resuming from task k/T" when a checkpoint is resumed.
+        check_finite: stop (:class:`~fastcl.finite.NonFiniteError`, naming the task and arrival) on a
+            NaN / inf input batch or weights; checked once per task, before the checkpoint.
 
     Returns:
         Per task: ``task``, ``info``, ``datapoints`` (the grid), ``accuracy`` (one per arrival),
@@ -105,6 +108,7 @@ def run_online_learner(learner: OnlineLearner, stream: RainbowMNIST, *, arrivals
     gen = torch.Generator().manual_seed(seed)
     start = 0
     fingerprint = checkpoint_fingerprint(learner, stream, arrivals, threshold, seed, fingerprint)
+    guard = FiniteGuard(f"{desc or 'learner'}: task {{}}, arrival {{}}", enabled=check_finite)
     if resume and checkpoint is not None and Path(checkpoint).is_file():
         state = rundir.load_checkpoint(checkpoint, fingerprint)
         learner.load_state_dict(state["learner"])
@@ -126,11 +130,13 @@ def run_online_learner(learner: OnlineLearner, stream: RainbowMNIST, *, arrivals
             idx = order[begin:end]
             t0 = time.perf_counter()
             learner.observe(task.x_train[idx], task.y_train[idx], k)
+            guard.record(k, len(accs), input=task.x_train[idx], weights=list(learner.model.parameters()))
             t1 = time.perf_counter()
             accs.append(_accuracy(learner, task.x_test, task.y_test, k))
             train_s += t1 - t0
             eval_s += time.perf_counter() - t1
             begin = end
+        guard.check()
         eff = learning_efficiency(grid, accs, threshold)
         records.append({"task": k, "info": task.info, "datapoints": grid, "accuracy": accs,
                         "efficiency": eff, "train_seconds": train_s, "eval_seconds": eval_s})
@@ -170,9 +176,12 @@ def run_online(learners: Sequence[str], *, num_tasks: int = 56, per_task: int = 
                threshold: float = 0.9, out_dir: Optional[str | os.PathLike] = None, resume: bool = False,
                progress: bool = True, plots: bool = True,
                model_fn: Callable[[], torch.nn.Module] = ConvNet,
-               log: Callable[[str], None] = print, overwrite: bool = False) -> dict[str, Any]:
+               log: Callable[[str], None] = print, overwrite: bool = False,
+               check_finite: bool = True) -> dict[str, Any]:
     """Run ``learners`` x ``seeds`` on Rainbow MNIST; see the module docstring. Returns the results.
-    ``out_dir``, ``resume``, ``overwrite``: as :func:`fastcl.rundir.open_run_dir`."""
+
+    ``out_dir``, ``resume``, ``overwrite``: as :func:`fastcl.rundir.open_run_dir`; ``check_finite``:
+    stop on a NaN / inf input or weights (see :func:`run_online_learner`)."""
     from .experiments import parse_overrides
 
     unknown = [n for n in learners if n not in ONLINE_LEARNERS]
@@ -219,7 +228,8 @@ def run_online(learners: Sequence[str], *, num_tasks: int = 56, per_task: int = 
             begin = time.perf_counter()
             records = run_online_learner(learner, streams[seed], arrivals=arrivals, threshold=threshold, seed=seed,
                                          checkpoint=ck, resume=resume, progress=progress, desc=f"{name} seed {seed}",
-                                         fingerprint=fp, log=lambda m: log(f"{name} seed {seed}: {m}"))
+                                         fingerprint=fp, log=lambda m: log(f"{name} seed {seed}: {m}"),
+                                         check_finite=check_finite)
             runs.append({"seed": seed, "records": records, "summary": _summary(records, per_task),
                          "wall_seconds": time.perf_counter() - begin})
         keys = runs[0]["summary"]
@@ -316,6 +326,30 @@ def add_run_arguments(group) -> None:
                        help="held-out test images per task (default: the whole test pool)")
 
 
+#: Smallest value of this family's integer options of ``fastcl run`` (checked before any run).
+RUN_MINIMUMS = {"iterations": 0, "test_per_task": 1}  # FTMLConfig: meta_steps >= 0
+
+
+def _arrivals(args) -> Sequence[int]:
+    """``--arrivals`` as positive ints (the default grid when not given)."""
+    if args.arrivals is None:
+        return DEFAULT_ARRIVALS
+    try:
+        arrivals = [int(a) for a in args.arrivals.split(",") if a.strip()]
+    except ValueError:
+        arrivals = [0]
+    if not arrivals or min(arrivals) < 1:
+        raise ValueError(f"--arrivals expects comma-separated ints >= 1, got {args.arrivals!r}")
+    return arrivals
+
+
+def check_run_args(args, learners: Sequence[str]) -> None:
+    """The checks of ``fastcl run`` for this family's options that a minimum cannot express."""
+    _arrivals(args)
+    if not 0 < args.proficiency <= 1:
+        raise ValueError(f"--proficiency (an accuracy) must be in (0, 1], got {args.proficiency}")
+
+
 def run_from_args(args, learners: Sequence[str]) -> int:
     """``fastcl run ftml,toe,ftl,scratch --stream rainbow-mnist ...``.
 
@@ -328,10 +362,7 @@ def run_from_args(args, learners: Sequence[str]) -> int:
         raise ValueError(f"--stream {args.stream!r}: {', '.join(learners)} run on {STREAM!r} only")
     if args.family is not None:
         raise ValueError(f"--family is for the meta-learning task families; {', '.join(learners)} use --stream {STREAM}")
-    try:
-        arrivals = DEFAULT_ARRIVALS if args.arrivals is None else [int(a) for a in args.arrivals.split(",") if a.strip()]
-    except ValueError:
-        raise ValueError(f"--arrivals expects comma-separated ints, got {args.arrivals!r}") from None
+    arrivals = _arrivals(args)
     overrides = list(args.overrides)
     for flag, field in (("shots", "inner_batch"), ("inner_steps", "inner_steps"), ("meta_batch", "meta_batch"),
                         ("iterations", "meta_steps")):
@@ -342,5 +373,5 @@ def run_from_args(args, learners: Sequence[str]) -> int:
                arrivals=arrivals, seeds=list(range(args.seed_offset, args.seed_offset + args.seeds)),
                overrides=overrides, data=args.data, test_per_task=args.test_per_task,
                threshold=args.proficiency, out_dir=args.out, resume=args.resume, overwrite=args.overwrite,
-               progress=not args.no_progress, plots=not args.no_plots)
+               progress=not args.no_progress, plots=not args.no_plots, check_finite=not args.no_finite_check)
     return 0

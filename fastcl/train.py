@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .algorithms.base import Learner
 from .data.streams import Stream
+from .finite import FiniteGuard
 from .metrics import AccuracyMatrix
 from .rundir import learner_fields, load_checkpoint, resume_message, save_checkpoint
 
@@ -79,7 +80,7 @@ def run_stream(learner: Learner, stream: Stream, *, batch_size: int = 10, seed: 
                progress: bool = True, stop_after: Optional[int] = None,
                on_task_end: Optional[Callable[[int, list[float]], None]] = None,
                fingerprint: Optional[dict[str, Any]] = None,
-               log: Optional[Callable[[str], None]] = None) -> RunResult:
+               log: Optional[Callable[[str], None]] = None, check_finite: bool = True) -> RunResult:
     """Train ``learner`` on ``stream`` task by task and fill the accuracy matrix.
 
     Args:
@@ -97,6 +98,10 @@ def run_stream(learner: Learner, stream: Stream, *, batch_size: int = 10, seed: 
         on_task_end: called with (task, accuracies) after each task's evaluation.
         fingerprint: more fields that define the run (data digest, memory, ...), stored and checked.
         log: told "resuming from task k/T" when a checkpoint is resumed.
+        check_finite: stop with :class:`~fastcl.finite.NonFiniteError` (naming the task and batch)
+            when an input batch or the weights after a batch hold NaN / inf (a diverging loss shows
+            there; some learners return a NaN loss when they train nothing); checked once per task,
+            before the checkpoint.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -104,6 +109,7 @@ def run_stream(learner: Learner, stream: Stream, *, batch_size: int = 10, seed: 
     gen = torch.Generator().manual_seed(seed)
     start = 0
     fingerprint = checkpoint_fingerprint(learner, stream, batch_size, seed, fingerprint)
+    guard = FiniteGuard("task {}, {}", enabled=check_finite)
     if resume:
         if checkpoint is None:
             raise ValueError("resume=True needs a checkpoint path")
@@ -126,9 +132,12 @@ def run_stream(learner: Learner, stream: Stream, *, batch_size: int = 10, seed: 
                    desc=f"task {t + 1}/{len(stream)}", leave=False, unit="batch")
         losses = []
         begin = time.perf_counter()
-        for x, y in bar:
+        for i, (x, y) in enumerate(bar):
             losses.append(learner.observe(x, y, t))
+            guard.record(t, f"batch {i}", input=x, weights=getattr(learner, "params", ()))
         learner.end_task(t)
+        guard.record(t, "end_task", weights=getattr(learner, "params", ()))
+        guard.check()
         result.train_seconds.append(time.perf_counter() - begin)
         result.losses.append(sum(losses) / max(1, len(losses)))
         accs = evaluate(learner, stream)

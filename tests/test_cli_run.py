@@ -32,7 +32,9 @@ def test_run_writes_results_and_plots(tmp_path, data_dir, capsys):
 def test_every_learner_runs(tmp_path, data_dir, name):
     rc = main(["run", name, "--tasks", "2", "--per-task", "20", "--data", str(data_dir), "--out",
                str(tmp_path / name), "--no-progress", "--no-plots"]
-              + (["--set", "k=2", "--set", "finetune_steps=2"] if name.startswith("hal") else []))
+              + (["--set", "k=2", "--set", "finetune_steps=2"] if name.startswith("hal") else [])
+              # the no-PGD ablation diverges (README: "diverged to nan"): the finite check would stop it
+              + (["--no-finite-check"] if name == "emcl-nopgd" else []))
     assert rc == 0
 
 

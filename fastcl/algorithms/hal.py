@@ -375,6 +375,9 @@ class HAL(ERRing):
 
     def end_task(self, task: int) -> None:
         self._check_task(task)
+        if task >= self.config.num_tasks:
+            raise ValueError(f"task must be in [0, {self.config.num_tasks}) (num_tasks of the config, the anchor "
+                             f"memory's capacity), got {task}")
         self.build_anchors(task)
         self._reset_task_stats()  # discard phi_t
 

@@ -190,6 +190,8 @@ class ReplayMetaLearner(ModelLearner):
 
     def observe(self, x: Tensor, y: Tensor, task: int) -> float:
         self._check_batch(x, y, task)
+        if x.shape[0] == 0:  # nothing to learn from: a no-op (the loss of no example), as the other learners
+            return float("nan")
         self._begin(task)
         loss = 0.0
         for _ in range(self.config.glances):

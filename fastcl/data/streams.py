@@ -94,9 +94,36 @@ def _check_counts(num_tasks: int, per_task: int, pool: int):
         raise ValueError(f"per_task={per_task} exceeds the {pool}-image train pool of the data source")
 
 
+def available_memory() -> Optional[int]:
+    """Bytes of memory this process can still allocate (MemAvailable of /proc/meminfo, else the
+    free physical pages); ``None`` when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_memory(name: str, num_tasks: int, per_task: int, n_test: int, example_bytes: int) -> None:
+    """Refuse a stream whose tasks (train and test copies, built up front) will not fit in memory."""
+    need = num_tasks * (per_task + n_test) * example_bytes
+    have = available_memory()
+    if have is not None and need > have:
+        raise ValueError(f"{name} with {num_tasks} tasks of {per_task} training + {n_test} test images needs "
+                         f"{need:,} bytes ({need / 2**30:.1f} GiB) for its task tensors, but only {have:,} bytes "
+                         f"({have / 2**30:.1f} GiB) are available: lower --tasks or --per-task")
+
+
 def _mnist_tasks(name, num_tasks, per_task, seed, source, transform) -> Stream:
     train, test = load_mnist(source)
     _check_counts(num_tasks, per_task, len(train))
+    _check_memory(name, num_tasks, per_task, len(test), 784 * 4)
     gen = torch.Generator().manual_seed(seed)
     x_train_all = train.x.float().div_(255)
     x_test_all = test.x.float().div_(255)
@@ -164,7 +191,7 @@ def split_cifar100(root: str | os.PathLike, num_tasks: int = 20, seed: Optional[
     """
     train, test = load_cifar100(root)
     if 100 % num_tasks != 0:
-        raise ValueError(f"num_tasks must divide 100, got {num_tasks}")
+        raise ValueError(f"num_tasks (--tasks) must divide 100 (the classes), got {num_tasks}")
     per = 100 // num_tasks
     order = torch.arange(100) if seed is None else torch.randperm(100, generator=torch.Generator().manual_seed(seed))
     xtr, xte = train.x.float().div_(255), test.x.float().div_(255)
@@ -173,6 +200,9 @@ def split_cifar100(root: str | os.PathLike, num_tasks: int = 20, seed: Optional[
         classes = sorted(order[t * per : (t + 1) * per].tolist())
         cls = torch.tensor(classes)
         mtr, mte = torch.isin(train.y, cls), torch.isin(test.y, cls)
+        if not bool(mtr.any()) or not bool(mte.any()):
+            split = "train" if not bool(mtr.any()) else "test"
+            raise ValueError(f"split-cifar100 task {t} (classes {classes}) has no {split} images in {root}")
         tasks.append(Task(t, xtr[mtr], train.y[mtr], xte[mte], test.y[mte], classes, {"classes": classes}))
     return Stream("split-cifar100", tasks, 100, (3, 32, 32), multi_head=True)
 
