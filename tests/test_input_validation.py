@@ -22,6 +22,7 @@ from fastcl.experiments import LEARNERS, build_learner
 from fastcl.finite import FiniteGuard, NonFiniteError
 from fastcl.models import ConvNet
 from fastcl.online_experiments import run_online_learner
+from fastcl.rundir import load_checkpoint
 from fastcl.train import run_stream
 from test_data import _write_cifar100
 
@@ -310,7 +311,7 @@ def test_run_stream_stops_on_a_bad_input_naming_task_and_batch(tmp_path, value):
     ck = tmp_path / "ck.pt"
     with pytest.raises(NonFiniteError, match=r"non-finite input .* at task 1, batch 0"):
         run_stream(learner, stream, checkpoint=ck, progress=False)
-    assert torch.load(ck, weights_only=False)["next_task"] == 1  # task 1's poisoned state is not saved
+    assert load_checkpoint(ck)["next_task"] == 1  # task 1's poisoned state is not saved
     # off: it trains on the garbage and the weights are poisoned
     learner = build_learner("er-ring", stream, 1, {}, seed=0)
     run_stream(learner, stream, progress=False, check_finite=False)
