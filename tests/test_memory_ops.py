@@ -228,7 +228,7 @@ def test_reservoir_insert_large_rows_parallel_copy_with_collisions():
 # can. With an explicit generator those two checks run from 2.13 on; the schema, autograd and
 # fake-tensor checks run everywhere, and the AOT checks run on every version with the global RNG.
 NO_AOT = ("test_schema", "test_autograd_registration", "test_faketensor")
-GENERATOR_CHECKS = None if torch.__version__ >= (2, 13) else NO_AOT
+GENERATOR_CHECKS = NO_AOT + (("test_aot_dispatch_dynamic",) if torch.__version__ >= (2, 13) else ())
 
 
 def _ring_args(requires_grad=False):
