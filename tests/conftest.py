@@ -56,11 +56,12 @@ def cpu_isa(request):
 
     forced_before = _load._FORCED_ISA  # None: the automatic choice
     fn = request.function
-    # Hypothesis reads a test's settings from this attribute when the test is called.
+    # Hypothesis reads a test's settings from this (internal) attribute when the test is called;
+    # should a later version not, the test just draws all its examples.
     hyp = getattr(fn, "_hypothesis_internal_use_settings", None)
     if hyp is not None and isa != TEST_ISAS[0]:
-        fn._hypothesis_internal_use_settings = settings(
-            hyp, max_examples=max(10, int(hyp.max_examples * NON_NATIVE_EXAMPLES)))
+        fewer = min(hyp.max_examples, max(10, int(hyp.max_examples * NON_NATIVE_EXAMPLES)))
+        fn._hypothesis_internal_use_settings = settings(hyp, max_examples=fewer)
     F.set_cpu_isa(isa)
     try:
         yield isa

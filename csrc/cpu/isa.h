@@ -4,7 +4,8 @@
 // (x86-64-v4), "avx2" (x86-64-v3: AVX2 + FMA) and "generic" (baseline x86-64), each a table
 // of function pointers. When the library loads, the widest one this CPU runs is chosen; it can
 // be forced (tests run every variant this way, fastcl/ops/_load.py reads FASTCL_ISA with it).
-// Builds other than GCC on x86-64 (clang, other architectures) hold "generic" alone.
+// Builds other than GCC >= 12 on x86-64 (clang, older GCC, other architectures, or
+// -DFASTCL_NO_CLONES) hold "generic" alone.
 #pragma once
 #include <string>
 #include <vector>

@@ -16,7 +16,9 @@
 #include "cpu/isa.h"
 #include "kernels/math.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(FASTCL_NO_CLONES)
+// GCC 12 or later on x86-64: the first with __builtin_cpu_supports("x86-64-v4") (PR 101696).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && \
+    !defined(FASTCL_NO_CLONES)
 #define FASTCL_X86_VARIANTS 1
 #else
 #define FASTCL_X86_VARIANTS 0
@@ -144,7 +146,7 @@ void set_isa(const std::string& name) {
   const bool known = name == "avx512" || name == "avx2" || name == "generic";
   throw std::invalid_argument(
       "cpu ISA '" + name + "' " +
-      (known ? "is not compiled into this build (not GCC on x86-64)"
+      (known ? "is not compiled into this build (not GCC >= 12 on x86-64)"
              : "is unknown: expected auto, avx512, avx2 or generic") +
       "; this machine runs: " + joined(supported_isas()));
 }
