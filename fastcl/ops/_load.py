@@ -3,6 +3,10 @@
 If the extension cannot be imported, fastcl still works on the pure-PyTorch references and
 warns once; with ``FASTCL_REQUIRE_EXT=1`` (CI sets it) a missing extension is an error, so a
 broken build can never hide behind the fallback.
+
+The CPU kernels run with the widest vector ISA the CPU supports; ``FASTCL_ISA=avx512|avx2|generic``
+(or ``set_cpu_isa``) forces one, and an unknown or unsupported name fails the import with a
+ValueError naming it and the ISAs this CPU runs (docs/portability.md).
 """
 
 from __future__ import annotations
