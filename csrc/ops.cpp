@@ -8,6 +8,8 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <stdexcept>
+
 #include "cpu/isa.h"
 #include "cpu/memory_checks.h"
 
@@ -22,6 +24,14 @@ PyMODINIT_FUNC PyInit__C(void) {
 namespace fastcl {
 
 static std::string cpu_isa() { return cpu::isa_name(); }
+static std::vector<std::string> supported_cpu_isas() { return cpu::supported_isas(); }
+static void set_cpu_isa(const std::string& name) {
+  try {
+    cpu::set_isa(name);
+  } catch (const std::invalid_argument& e) {
+    TORCH_CHECK_VALUE(false, e.what());
+  }
+}
 static bool cuda_built() {
 #ifdef FASTCL_WITH_CUDA
   return true;
@@ -72,6 +82,10 @@ TORCH_LIBRARY(fastcl, m) {
 
   // ---- build facts ----
   m.def("cpu_isa() -> str", &cpu_isa);
+  // The vector ISAs the CPU kernels can run with here, widest first (csrc/cpu/isa.h), and the
+  // switch among them ("auto": the widest); fastcl/ops/_load.py applies FASTCL_ISA with it.
+  m.def("supported_cpu_isas() -> str[]", &supported_cpu_isas);
+  m.def("set_cpu_isa(str name) -> ()", &set_cpu_isa);
   m.def("cuda_built() -> bool", &cuda_built);
 }
 

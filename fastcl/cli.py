@@ -25,12 +25,17 @@ import torch
 def _info(args: argparse.Namespace) -> int:
     import fastcl
     from fastcl import ops
+    from fastcl.ops._load import cpu_isa_forced
 
+    isa = ops.cpu_isa()
+    if ops.supported_cpu_isas():  # with the extension: how the ISA in use was chosen
+        isa += " (forced: FASTCL_ISA or set_cpu_isa)" if cpu_isa_forced() else " (auto: the widest supported)"
     rows = [
         ("fastcl", fastcl.__version__),
         ("torch", torch.__version__),
         ("backend", ops.backend()),
-        ("cpu vector ISA", ops.cpu_isa()),
+        ("cpu vector ISA", isa),
+        ("cpu ISAs supported", ", ".join(ops.supported_cpu_isas()) or "none (no extension)"),
         ("threads", str(torch.get_num_threads())),
         ("CUDA kernels built", "yes" if ops.cuda_built() else "no"),
         ("CUDA available", "yes" if torch.cuda.is_available() else "no"),

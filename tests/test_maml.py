@@ -133,14 +133,18 @@ def test_quadratic_meta_gradient_and_optimum_are_the_closed_forms():
     m = torch.eye(3, dtype=torch.float64) - alpha * a
     want = ((m @ a @ m @ w.view(3, 1)).squeeze(-1) + (m @ m @ b.unsqueeze(-1)).squeeze(-1)).mean(0)
     torch.testing.assert_close(meta_grad(learner, tasks)[0].reshape(-1), want)
+    # Adam (step 0.05) does not settle on the optimum: it keeps oscillating about it, with an
+    # amplitude set by the last bits of the start (nn.Linear's float32 init, which differs between
+    # ATen's CPU capabilities): 1e-11 to 4e-5 after 1500 steps (was atol 1e-5, true on one CPU).
+    # 1e-3 is still 50x below the distance between the two optima.
     for _ in range(1500):
         learner.meta_step(tasks)
-    torch.testing.assert_close(model.weight.detach().reshape(-1), w_maml, atol=1e-5, rtol=0)
+    torch.testing.assert_close(model.weight.detach().reshape(-1), w_maml, atol=1e-3, rtol=0)
     # with no inner step MAML is joint training
     learner0 = MAML(torch.nn.Linear(3, 1, bias=False).double(), MAMLConfig(inner_steps=0, meta_lr=0.05))
     for _ in range(1500):
         learner0.meta_step(tasks)
-    torch.testing.assert_close(learner0.model.weight.detach().reshape(-1), w_joint, atol=1e-5, rtol=0)
+    torch.testing.assert_close(learner0.model.weight.detach().reshape(-1), w_joint, atol=1e-3, rtol=0)
 
 
 # ---------------------------------------------------------------------------- L2F
@@ -263,8 +267,11 @@ def test_sinusoid_families_sample_their_ranges():
             assert lo <= float(curves[:, col].min()) and float(curves[:, col].max()) <= hi
         assert batch.support_x.shape == (500, 5, 1) and batch.query_y.shape == (500, 7, 1)
         assert float(batch.support_x.abs().max()) <= 5.0
+        # support_y is a*sin(w*x + b) at the float64 x, rounded to float32; here x is the float32
+        # one, off by <= 2^-24*|x| <= 3e-7, which moves y by <= |a*w|*3e-7 <= 5*1.2*3e-7 = 1.8e-6
+        # (atol 1e-6 held with 3% to spare for this draw, not by this bound).
         torch.testing.assert_close(batch.support_y.double(), fam.evaluate(curves, batch.support_x.double()),
-                                   rtol=1e-6, atol=1e-6)
+                                   rtol=1e-6, atol=2e-6)
     with pytest.raises(ValueError, match="shots"):
         fam.sample(2, 0, 3)
 

@@ -10,8 +10,9 @@ anchors / importance are given, the step size and the prox strength. For every c
 * the inputs (x, y, anchors, importance) are bitwise unchanged and nothing outside a view is
   written.
 
-Then: opcheck, the version counter, the split of the parallel loops (1 vs 2 threads: bitwise
-equal), and bad input (errors naming the argument; a rejected call changes nothing).
+Then: opcheck, the version counter, the split of the parallel loops (1 to 4 threads: bitwise
+equal), and bad input (errors naming the argument; a rejected call changes nothing). Every test
+runs under each CPU ISA variant this machine supports (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -135,21 +136,34 @@ def test_mnist_sized_inner_loop_matches_reference(dtype):
         torch.testing.assert_close(got, ref, **TOL[dtype])
 
 
-def test_split_across_threads_is_bitwise_invisible():
+@pytest.mark.parametrize("anchored", [True, False], ids=["anchors", "plain"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_split_across_threads_is_bitwise_invisible(dtype, anchored):
     """Rows (first layer) and column blocks (deeper layers) are split across threads without
-    changing any sum's order: 1 and 2 threads give the same bits."""
+    changing any sum's order, and no sum goes through BLAS (whose blocking depends on the thread
+    count): 1, 2, 3 and 4 threads give the same bits, under every ISA variant (conftest)."""
     results = []
     threads = torch.get_num_threads()
     try:
-        for n in (1, 2):
+        for n in (1, 2, 3, 4):
             torch.set_num_threads(n)
-            params, x, y, anchors, importance = _mnist_like()
-            F.mlp_prox_steps_(params, x, y, anchors, importance, 0.15, 3.0)
+            params, x, y, anchors, importance = _mnist_like(dtype)
+            if anchored:
+                F.mlp_prox_steps_(params, x, y, anchors, importance, 0.15, 3.0)
+            else:
+                F.mlp_prox_steps_(params, x, y, None, None, 0.15, 0.0)
             results.append(params)
     finally:
         torch.set_num_threads(threads)
-    for a, b in zip(*results):
-        assert torch.equal(a, b)
+    for n, other in zip((2, 3, 4), results[1:]):
+        for i, (a, b) in enumerate(zip(results[0], other)):
+            assert torch.equal(a, b), f"params[{i}] with {n} threads differs from 1 thread by {(a - b).abs().max()}"
+
+
+def test_runs_under_the_parametrised_isa(cpu_isa):
+    """The conftest runs this module under every ISA the CPU supports; the kernels do use it."""
+    assert cpu_isa in F.supported_cpu_isas()
+    assert F.cpu_isa() == cpu_isa
 
 
 def test_without_anchors_is_plain_sgd_and_prox_zero_matches_it():

@@ -1,159 +1,166 @@
-// The CPU inner loops, compiled for several vector ISAs (GCC target_clones: the dynamic
-// loader resolves each function to the widest clone this CPU runs). The math is the shared
-// per-element code of csrc/kernels/math.h, inlined and auto-vectorised by -O3.
+// The CPU inner loops, compiled once per vector ISA, and the dispatch among them.
+//
+// The loop bodies (loops_body.h) are included three times, each in its own namespace: under
+// `#pragma GCC target("arch=x86-64-v4")` (AVX-512), `"arch=x86-64-v3"` (AVX2 + FMA) and with
+// the build's baseline flags (generic). Each namespace yields a table of function pointers; the
+// functions of loops.h call the table of the ISA in use, chosen when the library loads (the
+// widest this CPU runs) or by set_isa (isa.h). Unlike GCC's target_clones (an ifunc resolved
+// by the loader), this choice can be forced, so every variant can be tested on one machine.
 #include "cpu/loops.h"
 
+#include <atomic>
+#include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "cpu/isa.h"
 #include "kernels/math.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(FASTCL_NO_CLONES)
-#define FASTCL_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+// GCC 12 or later on x86-64: the first with __builtin_cpu_supports("x86-64-v4") (PR 101696).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && \
+    !defined(FASTCL_NO_CLONES)
+#define FASTCL_X86_VARIANTS 1
 #else
-#define FASTCL_CLONES
+#define FASTCL_X86_VARIANTS 0
 #endif
 
 namespace fastcl {
 namespace cpu {
 namespace k = ::fastcl::kernels;
 
-std::string isa_name() {
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(FASTCL_NO_CLONES)
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("x86-64-v4")) return "avx512";
-  if (__builtin_cpu_supports("x86-64-v3")) return "avx2";
-  return "generic";
-#else
-  return "generic";
+// One ISA's loops: a member per entry of FASTCL_CPU_LOOPS, same name and signature.
+template <typename T>
+struct Loops {
+#define FASTCL_LOOP_MEMBER(R, name, params, args) R(*name) params;
+  FASTCL_CPU_LOOPS(FASTCL_LOOP_MEMBER, T)
+#undef FASTCL_LOOP_MEMBER
+};
+
+#if FASTCL_X86_VARIANTS
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v4")
+namespace avx512 {
+#include "cpu/loops_body.h"
+}  // namespace avx512
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v3")
+namespace avx2 {
+#include "cpu/loops_body.h"
+}  // namespace avx2
+#pragma GCC pop_options
 #endif
+
+namespace generic {
+#include "cpu/loops_body.h"
+}  // namespace generic
+
+namespace {
+
+// Every variant of this build, widest first.
+struct Variant {
+  const char* name;
+  const Loops<float>* f;
+  const Loops<double>* d;
+  bool (*cpu_runs)();
+};
+
+const Variant kVariants[] = {
+#if FASTCL_X86_VARIANTS
+    {"avx512", &avx512::kLoops<float>, &avx512::kLoops<double>,
+     [] { return bool(__builtin_cpu_supports("x86-64-v4")); }},
+    {"avx2", &avx2::kLoops<float>, &avx2::kLoops<double>,
+     [] { return bool(__builtin_cpu_supports("x86-64-v3")); }},
+#endif
+    {"generic", &generic::kLoops<float>, &generic::kLoops<double>, [] { return true; }},
+};
+constexpr int kNumVariants = sizeof(kVariants) / sizeof(kVariants[0]);
+
+bool runs(int i) {
+#if FASTCL_X86_VARIANTS
+  __builtin_cpu_init();  // may run before the libgcc constructor that sets the CPU model
+#endif
+  return kVariants[i].cpu_runs();
 }
 
-// Block size of the trajectory shift: the running sums of one block live on the stack.
-constexpr int64_t kShiftBlock = 1024;
+int widest() {
+  for (int i = 0; i < kNumVariants; ++i)
+    if (runs(i)) return i;
+  return kNumVariants - 1;
+}
 
-#define FASTCL_DEFINE_LOOPS(T)                                                                   \
-  FASTCL_CLONES void sgd_loop(T* out, const T* p, const T* g, T lr, int64_t n) {                \
-    for (int64_t i = 0; i < n; ++i) out[i] = k::sgd(p[i], g[i], lr);                            \
-  }                                                                                              \
-  FASTCL_CLONES void prox_sgd_loop(T* out, const T* p, const T* g, const T* a, const T* h, T lr,\
-                                   T prox, int64_t n) {                                          \
-    for (int64_t i = 0; i < n; ++i) out[i] = k::prox_sgd(p[i], g[i], a[i], h[i], lr, prox);    \
-  }                                                                                              \
-  FASTCL_CLONES void taylor_loop(T* h, const T* g, const T* p, T decay, T one_minus_decay,      \
-                                 int64_t n) {                                                    \
-    for (int64_t i = 0; i < n; ++i) h[i] = k::taylor(h[i], g[i], p[i], decay, one_minus_decay); \
-  }                                                                                              \
-  FASTCL_CLONES void emcl_meta_loop(T* p, const T* pk, T* h, T* a, const T* g, T lam, T decay,   \
-                                    T one_minus_decay, T r, int lr_mode, T alpha0, T eps,        \
-                                    int64_t n) {                                                 \
-    if (lr_mode == 0) {                                                                          \
-      for (int64_t i = 0; i < n; ++i)                                                            \
-        k::emcl_meta(p[i], pk[i], h[i], a[i], g[i], lam, decay, one_minus_decay, r, 0, alpha0,   \
-                     eps);                                                                       \
-    } else if (lr_mode == 1) {                                                                   \
-      for (int64_t i = 0; i < n; ++i)                                                            \
-        k::emcl_meta(p[i], pk[i], h[i], a[i], g[i], lam, decay, one_minus_decay, r, 1, alpha0,   \
-                     eps);                                                                       \
-    } else {                                                                                     \
-      for (int64_t i = 0; i < n; ++i)                                                            \
-        k::emcl_meta(p[i], pk[i], h[i], a[i], g[i], lam, decay, one_minus_decay, r, 2, alpha0,   \
-                     eps);                                                                       \
-    }                                                                                            \
-  }                                                                                              \
-  FASTCL_CLONES void shift_loop(T* phi, T* thetas, int64_t num_learners, int64_t stride,        \
-                                T meta_lr, bool shift, int64_t n) {                              \
-    T acc[kShiftBlock];                                                                          \
-    const T count = T(num_learners);                                                             \
-    for (int64_t j0 = 0; j0 < n; j0 += kShiftBlock) {                                            \
-      const int64_t len = n - j0 < kShiftBlock ? n - j0 : kShiftBlock;                           \
-      const T* t0 = thetas + j0;                                                                 \
-      for (int64_t j = 0; j < len; ++j) acc[j] = t0[j];                                          \
-      for (int64_t t = 1; t < num_learners; ++t) {                                               \
-        const T* tt = thetas + t * stride + j0;                                                  \
-        for (int64_t j = 0; j < len; ++j) acc[j] += tt[j];                                       \
-      }                                                                                          \
-      T* ph = phi + j0;                                                                          \
-      for (int64_t j = 0; j < len; ++j) {                                                        \
-        const T d = k::shift_delta(acc[j] / count, ph[j], meta_lr);                                \
-        acc[j] = d;                                                                              \
-        ph[j] += d;                                                                              \
-      }                                                                                          \
-      if (shift) {                                                                               \
-        for (int64_t t = 0; t < num_learners; ++t) {                                             \
-          T* tt = thetas + t * stride + j0;                                                      \
-          for (int64_t j = 0; j < len; ++j) tt[j] += acc[j];                                     \
-        }                                                                                        \
-      }                                                                                          \
-    }                                                                                            \
+// Index into kVariants of the ISA in use; -1 until the first use, which picks the widest.
+// Constant-initialised: valid before any static constructor runs.
+std::atomic<int> g_active{-1};
+
+int active() {
+  int i = g_active.load(std::memory_order_relaxed);
+  if (i >= 0) return i;
+  int unset = -1;
+  g_active.compare_exchange_strong(unset, widest());  // unless set_isa came first
+  return g_active.load();
+}
+
+template <typename T>
+const Loops<T>& table();
+template <>
+const Loops<float>& table<float>() {
+  return *kVariants[active()].f;
+}
+template <>
+const Loops<double>& table<double>() {
+  return *kVariants[active()].d;
+}
+
+std::string joined(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
+  return out;
+}
+
+}  // namespace
+
+std::string isa_name() { return kVariants[active()].name; }
+
+std::vector<std::string> supported_isas() {
+  std::vector<std::string> out;
+  for (int i = 0; i < kNumVariants; ++i)
+    if (runs(i)) out.push_back(kVariants[i].name);
+  return out;
+}
+
+void set_isa(const std::string& name) {
+  if (name == "auto") {
+    g_active.store(widest());
+    return;
   }
-
-FASTCL_DEFINE_LOOPS(float)
-FASTCL_DEFINE_LOOPS(double)
-#undef FASTCL_DEFINE_LOOPS
-
-// The loops of mlp_prox_steps_. The reductions use `omp simd` (compiled with -fopenmp): without
-// it GCC keeps a float sum in source order, one lane at a time.
-#define FASTCL_DEFINE_MLP_LOOPS(T)                                                               \
-  FASTCL_CLONES void prox_setup_loop(T* p, const T* a, const T* h, T* inv, T prox, int64_t n) {  \
-    for (int64_t i = 0; i < n; ++i) {                                                            \
-      inv[i] = T(1) / (prox * h[i] + T(1));                                                      \
-      p[i] -= a[i];                                                                              \
-    }                                                                                            \
-  }                                                                                              \
-  FASTCL_CLONES void add_loop(T* p, const T* a, int64_t n) {                                     \
-    for (int64_t i = 0; i < n; ++i) p[i] += a[i];                                                \
-  }                                                                                              \
-  FASTCL_CLONES T row_dot(const T* q, const T* a, const T* x, int64_t n) {                       \
-    T acc = 0;                                                                                   \
-    if (a) {                                                                                     \
-      _Pragma("omp simd reduction(+ : acc)") for (int64_t i = 0; i < n; ++i) acc +=              \
-          (q[i] + a[i]) * x[i];                                                                  \
-    } else {                                                                                     \
-      _Pragma("omp simd reduction(+ : acc)") for (int64_t i = 0; i < n; ++i) acc += q[i] * x[i]; \
-    }                                                                                            \
-    return acc;                                                                                  \
-  }                                                                                              \
-  FASTCL_CLONES T row_step_dot(T* q, const T* inv, const T* act, T scale, const T* next,         \
-                               int64_t n) {                                                      \
-    T acc = 0;                                                                                   \
-    if (inv && next) {                                                                           \
-      _Pragma("omp simd reduction(+ : acc)") for (int64_t i = 0; i < n; ++i) {                   \
-        const T v = (q[i] + scale * act[i]) * inv[i];                                            \
-        q[i] = v;                                                                                \
-        acc += v * next[i];                                                                      \
-      }                                                                                          \
-    } else if (inv) {                                                                            \
-      for (int64_t i = 0; i < n; ++i) q[i] = (q[i] + scale * act[i]) * inv[i];                   \
-    } else if (next) {                                                                           \
-      _Pragma("omp simd reduction(+ : acc)") for (int64_t i = 0; i < n; ++i) {                   \
-        const T v = q[i] + scale * act[i];                                                       \
-        q[i] = v;                                                                                \
-        acc += v * next[i];                                                                      \
-      }                                                                                          \
-    } else {                                                                                     \
-      for (int64_t i = 0; i < n; ++i) q[i] += scale * act[i];                                    \
-    }                                                                                            \
-    return acc;                                                                                  \
-  }                                                                                              \
-  FASTCL_CLONES void row_back_step(T* q, const T* a, const T* inv, const T* act, T scale, T d,   \
-                                   T* dprev, int64_t n) {                                        \
-    if (a) {                                                                                     \
-      for (int64_t i = 0; i < n; ++i) {                                                          \
-        dprev[i] += d * (q[i] + a[i]);                                                           \
-        q[i] = (q[i] + scale * act[i]) * inv[i];                                                 \
-      }                                                                                          \
-    } else {                                                                                     \
-      for (int64_t i = 0; i < n; ++i) {                                                          \
-        dprev[i] += d * q[i];                                                                    \
-        q[i] += scale * act[i];                                                                  \
-      }                                                                                          \
-    }                                                                                            \
+  for (int i = 0; i < kNumVariants; ++i) {
+    if (name != kVariants[i].name) continue;
+    if (!runs(i))
+      throw std::invalid_argument("cpu ISA '" + name + "' is not supported by this CPU, which runs: " +
+                                  joined(supported_isas()));
+    g_active.store(i);
+    return;
   }
+  const bool known = name == "avx512" || name == "avx2" || name == "generic";
+  throw std::invalid_argument(
+      "cpu ISA '" + name + "' " +
+      (known ? "is not compiled into this build (not GCC >= 12 on x86-64)"
+             : "is unknown: expected auto, avx512, avx2 or generic") +
+      "; this machine runs: " + joined(supported_isas()));
+}
 
-FASTCL_DEFINE_MLP_LOOPS(float)
-FASTCL_DEFINE_MLP_LOOPS(double)
-#undef FASTCL_DEFINE_MLP_LOOPS
+// The functions of loops.h: the same loop of the ISA in use.
+#define FASTCL_FORWARD_LOOP(R, name, params, args) \
+  R name params { return table<FASTCL_T>().name args; }
+#define FASTCL_T float
+FASTCL_CPU_LOOPS(FASTCL_FORWARD_LOOP, float)
+#undef FASTCL_T
+#define FASTCL_T double
+FASTCL_CPU_LOOPS(FASTCL_FORWARD_LOOP, double)
+#undef FASTCL_T
+#undef FASTCL_FORWARD_LOOP
 
 }  // namespace cpu
 }  // namespace fastcl

@@ -10,9 +10,13 @@
 // written by a matmul first). The first layer's gradient is the outer product d_1 x^T, applied
 // row by row; the same sweep over a row takes the dot product with the next example, which is
 // the next step's first-layer forward pass (W x = q x + theta0 x, the theta0 x of all k
-// examples being one matmul up front). Deeper layers also need W^T d for the backward pass,
+// examples being computed up front). Deeper layers also need W^T d for the backward pass,
 // read from the same sweep that updates them (before the update, as the gradient is taken at
 // the start of the step). Without anchors (prox = 0) q is theta and inv is 1.
+//
+// No BLAS: every sum is one of the loops of loops.h, whose order is fixed by the shapes (and
+// the vector ISA), and the threads split rows or column blocks whose sums stay within one
+// thread, so the result is bitwise the same whatever the thread count.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -57,7 +61,8 @@ void run_steps(const std::vector<Staged>& p, const std::vector<Staged>* anchors,
   for (int64_t l = 0; l < num_layers; ++l) n[l + 1] = p[2 * l].work.size(0);
 
   // Scratch layout: inv of every parameter (with anchors), then per layer l = 1..L its
-  // pre-activation z_l and its delta d_l, then the first layer's q.x of the next example.
+  // pre-activation z_l and its delta d_l, then the first layer's q.x of the next example, then
+  // (with anchors) theta0 x + theta0_b of the first layer for all k examples.
   std::vector<int64_t> numel, inv_off(p.size() + 1, 0), z_off(num_layers + 1, 0);
   for (size_t i = 0; i < p.size(); ++i) {
     numel.push_back(p[i].work.numel());
@@ -65,9 +70,9 @@ void run_steps(const std::vector<Staged>& p, const std::vector<Staged>* anchors,
   }
   for (int64_t l = 0; l < num_layers; ++l) z_off[l + 1] = z_off[l] + n[l + 1];
   const int64_t z_base = inv_off.back(), d_base = z_base + z_off.back();
-  const int64_t next_base = d_base + z_off.back();
+  const int64_t next_base = d_base + z_off.back(), ax_base = next_base + n[1];
   std::vector<T>& buf = scratch<T>();
-  buf.resize(std::max<size_t>(buf.size(), size_t(next_base + n[1])));
+  buf.resize(std::max<size_t>(buf.size(), size_t(ax_base + (anchors ? k * n[1] : 0))));
   T* inv = buf.data();
   auto z = [&](int64_t l) { return buf.data() + z_base + z_off[l - 1]; };  // l = 1..L
   auto d = [&](int64_t l) { return buf.data() + d_base + z_off[l - 1]; };
@@ -77,17 +82,24 @@ void run_steps(const std::vector<Staged>& p, const std::vector<Staged>* anchors,
   auto a = [&](int64_t i) { return anchors ? ptr<T>((*anchors)[i]) : nullptr; };
   auto iv = [&](int64_t i) { return anchors ? inv + inv_off[i] : nullptr; };
 
-  // theta0 x + theta0_b of the first layer for all k examples: [k, n_1].
-  at::Tensor ax;
+  const T* xs = x.data_ptr<T>();
+  const int64_t n0 = n[0], n1 = n[1];
+  const int64_t row_grain = rows_per_task(n0);
+  // ax[s*n_1 + j]: theta0 x + theta0_b of the first layer for all k examples, one fixed-order
+  // dot product each (no BLAS: its blocking, hence its rounding, depends on the thread count).
+  T* ax = anchors ? buf.data() + ax_base : nullptr;
   if (anchors) {
-    ax = at::addmm((*anchors)[1].work, x, (*anchors)[0].work.t());
+    const T *aw = a(0), *ab = a(1);
+    at::parallel_for(0, n1, rows_per_task(n0 * k), [&](int64_t b, int64_t e) {
+      for (int64_t j = b; j < e; ++j) {
+        rows_dot(aw + j * n0, xs, n0, k, ax + j, n1, n0);
+        for (int64_t s = 0; s < k; ++s) ax[s * n1 + j] += ab[j];
+      }
+    });
     for_each_range(numel, kGrain, [&](size_t i, int64_t b, int64_t e) {
       prox_setup_loop(q(i) + b, a(i) + b, ptr<T>((*importance)[i]) + b, iv(i) + b, prox, e - b);
     });
   }
-  const T* xs = x.data_ptr<T>();
-  const int64_t n0 = n[0], n1 = n[1];
-  const int64_t row_grain = rows_per_task(n0);
   // the first example's first-layer product q x_0
   at::parallel_for(0, n1, row_grain, [&](int64_t b, int64_t e) {
     for (int64_t j = b; j < e; ++j) next_dot[j] = row_dot(q(0) + j * n0, nullptr, xs, n0);
@@ -100,7 +112,7 @@ void run_steps(const std::vector<Staged>& p, const std::vector<Staged>* anchors,
     {
       T* z1 = z(1);
       const T* qb = q(1);
-      const T* axs = anchors ? ax.data_ptr<T>() + s * n1 : nullptr;
+      const T* axs = anchors ? ax + s * n1 : nullptr;
       for (int64_t j = 0; j < n1; ++j) z1[j] = next_dot[j] + qb[j] + (axs ? axs[j] : T(0));
     }
     for (int64_t l = 1; l <= num_layers; ++l) {

@@ -1,7 +1,10 @@
-// Tests of the CPU inner loops (csrc/cpu/loops.cpp, ISA-dispatched clones) against the scalar
-// math of csrc/kernels/math.h, over lengths that hit the vector bodies and tails, in place and
-// out of place. The clones may contract a*b+c into FMAs, so results are compared to a few ulps.
+// Tests of the CPU inner loops (csrc/cpu/loops.cpp) against the scalar math of
+// csrc/kernels/math.h, over lengths that hit the vector bodies and tails, in place and out of
+// place, under every ISA variant this CPU runs (set_isa), and of the ISA choice itself. The
+// variants may contract a*b+c into FMAs, so results are compared to a few ulps.
+#include <algorithm>
 #include <cmath>
+#include <stdexcept>
 #include <cstdint>
 #include <random>
 #include <string>
@@ -135,6 +138,21 @@ void test_mlp_rows(const char* type) {
       FASTCL_CHECK_CLOSE(iv[i], T(1) / (prox * h[i] + T(1)), tol<T>(), tol<T>()) << "inv" << ctx;
       FASTCL_CHECK_CLOSE(p[i], q0[i] - a[i], tol<T>(), tol<T>()) << "p - a" << ctx;
     }
+    for (const int64_t m : {0, 1, 3, 4, 5, 9}) {  // rows_dot: blocks of 4 vectors and the rest
+      const auto xs = random_vec<T>(m * (n + 2), -1, 1);
+      std::vector<T> out(2 * m, T(-7));
+      cpu::rows_dot(q0.data(), xs.data(), n + 2, m, out.data(), 2, n);
+      for (int64_t s = 0; s < m; ++s) {
+        double dot = 0, dmag = 0;
+        for (int64_t i = 0; i < n; ++i) {
+          dot += double(q0[i]) * xs[s * (n + 2) + i];
+          dmag += std::fabs(double(q0[i]) * xs[s * (n + 2) + i]);
+        }
+        FASTCL_CHECK_CLOSE(out[2 * s], dot, 0, 4 * n * eps * (dmag + 1)) << "rows_dot" << ctx << "m" << m;
+        FASTCL_CHECK(out[2 * s + 1] == T(-7)) << "rows_dot wrote between its outputs" << ctx;
+      }
+    }
+
     cpu::add_loop(p.data(), a.data(), n);
     for (int64_t i = 0; i < n; ++i) FASTCL_CHECK_CLOSE(p[i], q0[i], tol<T>(), tol<T>()) << "p + a" << ctx;
 
@@ -175,17 +193,44 @@ void test_mlp_rows(const char* type) {
   }
 }
 
+// The ISA choice: the widest supported by default, every supported one selectable, an unknown
+// or unsupported name refused with the ISA in use unchanged.
+void test_isa_choice(const std::vector<std::string>& isas) {
+  FASTCL_CHECK(!isas.empty() && isas.back() == "generic") << "supported_isas() must end with generic";
+  FASTCL_CHECK(cpu::isa_name() == isas.front()) << "default" << cpu::isa_name() << "widest" << isas.front();
+  for (const std::string bad : {"avx", "AVX2", "", "sse2", "avx512", "avx2"}) {
+    if (std::find(isas.begin(), isas.end(), bad) != isas.end()) continue;  // supported here
+    cpu::set_isa("generic");
+    bool threw = false;
+    try {
+      cpu::set_isa(bad);
+    } catch (const std::invalid_argument& e) {
+      threw = std::string(e.what()).find("'" + bad + "'") != std::string::npos &&
+              std::string(e.what()).find("generic") != std::string::npos;
+    }
+    FASTCL_CHECK(threw) << "set_isa('" << bad << "') must throw invalid_argument naming it and the supported ISAs";
+    FASTCL_CHECK(cpu::isa_name() == "generic") << "a refused set_isa changed the ISA to" << cpu::isa_name();
+  }
+  cpu::set_isa("auto");
+  FASTCL_CHECK(cpu::isa_name() == isas.front()) << "auto after a forced ISA";
+}
+
 }  // namespace
 
 int main() {
-  const std::string isa = cpu::isa_name();
-  std::printf("cpu loops run the %s clone\n", isa.c_str());
-  FASTCL_CHECK(isa == "avx512" || isa == "avx2" || isa == "generic") << "isa_name() =" << isa;
-  test_elementwise<float>("float");
-  test_elementwise<double>("double");
-  test_shift<float>("float");
-  test_shift<double>("double");
-  test_mlp_rows<float>("float");
-  test_mlp_rows<double>("double");
+  const std::vector<std::string> isas = cpu::supported_isas();
+  test_isa_choice(isas);
+  for (const std::string& isa : isas) {
+    cpu::set_isa(isa);
+    FASTCL_CHECK(cpu::isa_name() == isa) << "set_isa(" << isa << ") then isa_name() =" << cpu::isa_name();
+    std::printf("cpu loops: the %s variant\n", isa.c_str());
+    const std::string f = isa + " float", d = isa + " double";
+    test_elementwise<float>(f.c_str());
+    test_elementwise<double>(d.c_str());
+    test_shift<float>(f.c_str());
+    test_shift<double>(d.c_str());
+    test_mlp_rows<float>(f.c_str());
+    test_mlp_rows<double>(d.c_str());
+  }
   return fastcl_test::report("cpu loops (csrc/cpu/loops.cpp)");
 }

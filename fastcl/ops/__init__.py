@@ -22,11 +22,14 @@ from torch import Tensor
 
 from . import reference
 from ._load import HAVE_EXT, backend, cpu_isa, cuda_built, load_error
+from ._load import set_cpu_isa, supported_cpu_isas  # noqa: F401  (in __all__ below)
 from .reference import LR_MODES
 
 __all__ = [
     "backend",
     "cpu_isa",
+    "set_cpu_isa",
+    "supported_cpu_isas",
     "cuda_built",
     "load_error",
     "prox_sgd_",
