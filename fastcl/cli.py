@@ -142,23 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: Modules that run learners other than the continual ones of fastcl.experiments. Each exposes
-#: ``NAMES`` (the learner names it runs), ``add_run_arguments(group)`` (its own options; the shared
-#: ones are --seeds, --seed-offset, --out, --threads, --resume, --overwrite, --no-progress, --no-plots, --data,
-#: --stream, --set, --tasks, --family, --shots, --meta-batch, --inner-steps, --iterations, --no-finite-check) and
-#: ``run_from_args(args, learners) -> int``; optionally ``RUN_MINIMUMS`` (option -> smallest int) and
-#: ``check_run_args(args, learners)``, both applied by _check_run_args before anything runs.
-RUN_FAMILIES: tuple[str, ...] = (
-    "fastcl.meta_experiments",  # maml, fomaml, maml-l2f on sinusoids
-    "fastcl.cts_experiments",  # reptile, cts, cts-accurate, ... on synthetic2d / images
-    "fastcl.online_experiments",  # ftml, toe, ftl, scratch on rainbow-mnist
-)
-
-
 def _run_families():
-    import importlib
+    """The meta-learning families of ``fastcl run`` (:data:`fastcl.experiments.FAMILIES`). Each
+    exposes ``NAMES``, ``add_run_arguments(group)`` (its own options; the shared ones are those
+    of :func:`build_parser`) and ``run_from_args(args, learners) -> int``; optionally
+    ``RUN_MINIMUMS`` (option -> smallest int) and ``check_run_args(args, learners)``, both applied
+    by :func:`_check_run_args` before anything runs."""
+    from fastcl.experiments import FAMILIES
 
-    return [importlib.import_module(name) for name in RUN_FAMILIES]
+    return list(FAMILIES)
 
 
 _DEFAULT_TASKS = {"permuted-mnist": 23, "rotated-mnist": 23, "many-permutations": 100, "split-cifar100": 20}

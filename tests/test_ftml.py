@@ -17,7 +17,7 @@ from fastcl.cli import main
 from fastcl.data import RAINBOW_COLOURS, RainbowMNIST, rainbow_transform
 from fastcl.metrics import learning_efficiency
 from fastcl.models import ConvNet
-from fastcl.online_experiments import run_online_learner
+from fastcl.experiments.ftml import run_online_learner
 
 
 SHAPE = (3, 28, 28)

@@ -21,7 +21,7 @@ from fastcl.data.streams import Stream, Task
 from fastcl.experiments import LEARNERS, build_learner
 from fastcl.finite import FiniteGuard, NonFiniteError
 from fastcl.models import ConvNet
-from fastcl.online_experiments import run_online_learner
+from fastcl.experiments.ftml import run_online_learner
 from fastcl.rundir import load_checkpoint
 from fastcl.train import run_stream
 from test_data import _write_cifar100

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.func import functional_call
 
-from fastcl import meta_experiments
+from fastcl.experiments import maml as meta_experiments
 from fastcl.algorithms import L2F, MAML, L2FConfig, MAMLConfig
 from fastcl.cli import main as cli_main
 from fastcl.data.meta_tasks import (SINUSOID_FAMILIES, TaskBatch, joint_optimum, maml_optimum, quadratic_moments,

@@ -306,7 +306,7 @@ def test_atomic_writes_use_unique_temp_names_in_the_same_directory(tmp_path, mon
 def no_training(monkeypatch):
     def fail(*a, **k):
         raise AssertionError("training started")
-    monkeypatch.setattr(fastcl.experiments, "run_stream", fail)
+    monkeypatch.setattr(fastcl.experiments.continual, "run_stream", fail)
 
 
 def test_out_under_a_regular_file_fails_before_training(tmp_path, data_dir, capsys, no_training):

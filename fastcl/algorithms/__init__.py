@@ -12,6 +12,7 @@ from .lamaml import LaMAML, LaMAMLConfig, ReplayMetaConfig, ReplayMetaLearner
 from .cts import CTS, CTSAccurate, CTSConfig, TaskLearners
 from .reptile import Reptile
 from .oracles import CloneAndFinetune, Multitask, OracleConfig
+from .overrides import parse_overrides
 from .regularized import AGEM, EWC, AGEMConfig, EWCConfig
 
 __all__ = ["Learner", "LearnerConfig", "ModelLearner", "ERConfig", "ERRing", "Finetune", "FinetuneConfig",
@@ -22,4 +23,4 @@ __all__ = ["Learner", "LearnerConfig", "ModelLearner", "ERConfig", "ERRing", "Fi
            "CTS", "CTSAccurate", "CTSConfig", "TaskLearners", "Reptile",
            "LaMAML", "LaMAMLConfig", "ReplayMetaConfig", "ReplayMetaLearner", "EMCL", "EMCLConfig", "EMCL_VARIANTS",
            "FTML", "FTMLConfig", "OnlineLearner", "TrainOnEverything", "FollowTheLeader", "FromScratch",
-           "sgd_adapt", "ONLINE_LEARNERS"]
+           "sgd_adapt", "ONLINE_LEARNERS", "parse_overrides"]

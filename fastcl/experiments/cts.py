@@ -36,11 +36,11 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from . import rundir
-from .algorithms.cts import CTS, CTSAccurate, CTSConfig, approximation_error, inner_update_
-from .algorithms.reptile import Reptile
-from .finite import FiniteGuard
-from .data.cts_tasks import IMAGE_TASKS, SYNTHETIC_FORMS, SmallConvNet, adapt_points, image_tasks, synthetic2d
+from .. import rundir
+from ..algorithms.cts import CTS, CTSAccurate, CTSConfig, approximation_error, inner_update_
+from ..algorithms.reptile import Reptile
+from ..finite import FiniteGuard
+from ..data.cts_tasks import IMAGE_TASKS, SYNTHETIC_FORMS, SmallConvNet, adapt_points, image_tasks, synthetic2d
 
 NAMES = ("reptile", "cts", "cts-accurate", "cts-noshift", "mtl-pretrain", "scratch-init", "cts-error")
 FAMILIES = ("synthetic2d", "images")
@@ -99,7 +99,7 @@ def check_run_args(args, learners: Sequence[str]) -> None:
 
 
 def _overrides(items: Sequence[str]) -> dict[str, Any]:
-    from .experiments import parse_overrides
+    from ..algorithms.overrides import parse_overrides
 
     return parse_overrides(items, CTSConfig)
 
@@ -181,7 +181,7 @@ def _run_one(family: str, name: str, seed: int, cfg: CTSConfig, args, out_dir: P
     nproc = getattr(args, "nproc", 1) or 1
     if nproc == 1 or name in ("mtl-pretrain", "scratch-init"):
         return (_synthetic_one if family == "synthetic2d" else _images_one)(name, seed, cfg, args)
-    from .distributed import spawn
+    from ..distributed import spawn
 
     out = out_dir / f".dist-{name}-{seed}-{os.getpid()}.pt"
     spawn(_dist_worker, nproc, family, name, seed, asdict(cfg), vars(args).copy() | {"func": None}, str(out),
@@ -336,7 +336,7 @@ def approximation_error_sweep(data: Optional[str] = None, draws: int = 3, progre
     directions (supp. C.4). Defaults when not swept: alpha 0.01, beta 0.01, k 25."""
     import torch.nn.functional as F
 
-    from .data import sources
+    from ..data import sources
 
     train, _ = sources.load_mnist(data)
     x_all = train.x.float().div(255).flatten(1)
@@ -439,7 +439,7 @@ def run_from_args(args, learners: Sequence[str]) -> int:
         raise ValueError(f"--family must be one of {', '.join(FAMILIES)} for {', '.join(learners)}, got {family!r}")
     if family == "synthetic2d" and any(n in ("mtl-pretrain", "scratch-init") for n in learners):
         raise ValueError("mtl-pretrain and scratch-init are baselines of the images family")
-    from .distributed import init_from_env
+    from ..distributed import init_from_env
 
     rank, world = init_from_env()  # under torchrun: every rank runs its shard, rank 0 writes
     if world > 1 and args.nproc > 1:

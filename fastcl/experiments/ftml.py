@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import rundir
-from .algorithms.ftml import ONLINE_LEARNERS, FTMLConfig, OnlineLearner
-from .data.rainbow import RainbowMNIST
-from .finite import FiniteGuard
-from .metrics import learning_efficiency
-from .models import ConvNet
+from .. import rundir
+from ..algorithms.ftml import ONLINE_LEARNERS, FTMLConfig, OnlineLearner
+from ..data.rainbow import RainbowMNIST
+from ..finite import FiniteGuard
+from ..metrics import learning_efficiency
+from ..models import ConvNet
 
 __all__ = ["NAMES", "STREAM", "DEFAULT_ARRIVALS", "run_online", "run_online_learner", "add_run_arguments",
            "run_from_args"]
@@ -182,7 +182,7 @@ def run_online(learners: Sequence[str], *, num_tasks: int = 56, per_task: int = 
 
     ``out_dir``, ``resume``, ``overwrite``: as :func:`fastcl.rundir.open_run_dir`; ``check_finite``:
     stop on a NaN / inf input or weights (see :func:`run_online_learner`)."""
-    from .experiments import parse_overrides
+    from ..algorithms.overrides import parse_overrides
 
     unknown = [n for n in learners if n not in ONLINE_LEARNERS]
     if unknown or not learners:

@@ -29,12 +29,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import rundir
-from .algorithms import L2F, MAML, L2FConfig, MAMLConfig
-from .data.meta_tasks import make_sinusoid_family
-from .experiments import parse_overrides
-from .finite import FiniteGuard
-from .models import MLP
+from .. import rundir
+from ..algorithms import L2F, MAML, L2FConfig, MAMLConfig
+from ..data.meta_tasks import make_sinusoid_family
+from ..algorithms.overrides import parse_overrides
+from ..finite import FiniteGuard
+from ..models import MLP
 
 __all__ = ["NAMES", "META_LEARNERS", "add_run_arguments", "run_from_args", "run_meta_experiment", "build_meta_learner"]
 

@@ -20,12 +20,13 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from . import rundir
-from .algorithms import (AGEM, EMCL, EWC, HAL, AGEMConfig, CloneAndFinetune, EMCLConfig, ERConfig, ERRing, EWCConfig,
+from .. import rundir
+from ..algorithms.overrides import parse_overrides
+from ..algorithms import (AGEM, EMCL, EWC, HAL, AGEMConfig, CloneAndFinetune, EMCLConfig, ERConfig, ERRing, EWCConfig,
                          Finetune, FinetuneConfig, HALConfig, LaMAML, LaMAMLConfig, Multitask, OracleConfig)
-from .data.streams import STREAMS, Stream, make_stream
-from .models import MLP, ReducedResNet18
-from .train import checkpoint_fingerprint, run_stream
+from ..data.streams import STREAMS, Stream, make_stream
+from ..models import MLP, ReducedResNet18
+from ..train import checkpoint_fingerprint, run_stream
 
 __all__ = ["LEARNERS", "build_learner", "run_experiment", "parse_overrides"]
 
@@ -100,44 +101,6 @@ LEARNERS: dict[str, tuple[Callable, type]] = {
     "emcl-lr": _emcl_ablation("lr"),
     "emcl-si": _emcl_ablation("si"),
 }
-
-
-def parse_overrides(items: Sequence[str], config_cls: type) -> dict[str, Any]:
-    """``["lam=0.3", "first_order=true"]`` -> typed config overrides (names checked).
-
-    Args:
-        items: ``KEY=VALUE`` strings (``--set``); the type of each value is the field's default's.
-        config_cls: the config dataclass whose fields the keys name.
-
-    Raises ValueError naming the key and the expected type, or the valid keys for an unknown one.
-    """
-    fields = {f.name: f for f in dataclasses.fields(config_cls)}
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        key = key.strip().replace("-", "_")
-        if key not in fields:
-            raise ValueError(f"--set {item!r}: {config_cls.__name__} has no setting {key!r}; "
-                             f"settings: {', '.join(sorted(fields))}")
-        default = fields[key].default
-        if isinstance(default, bool):
-            if value.lower() not in ("true", "false", "1", "0"):
-                raise ValueError(f"--set {key}: expects true or false, got {value!r}")
-            out[key] = value.lower() in ("true", "1")
-            continue
-        kinds = {int: "an int", float: "a number", tuple: "comma-separated numbers"}
-        kind = next((k for k in kinds if isinstance(default, k)), None)
-        try:
-            if kind is tuple:
-                out[key] = tuple(float(v) for v in value.split(","))
-            else:
-                out[key] = value if kind is None else kind(value)
-        except ValueError:
-            raise ValueError(f"--set {key}: expects {kinds[kind]} (like its default {default!r}), "
-                             f"got {value!r}") from None
-    return out
 
 
 def default_model(stream: Stream) -> torch.nn.Module:
