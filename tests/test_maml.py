@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 from torch.func import functional_call
 
 from fastcl.experiments import maml as meta_experiments
@@ -163,7 +164,7 @@ def test_l2f_with_gamma_one_equals_maml():
     _gamma_one(l2f)
     assert torch.equal(l2f.gamma(tasks[0].support_x, tasks[0].support_y), torch.ones(3, 6, dtype=torch.float64))
     for t in tasks:
-        assert l2f.meta_step(t) == pytest.approx(maml.meta_step(t), rel=1e-12)
+        assert l2f.meta_step(t).loss == pytest.approx(maml.meta_step(t).loss, rel=1e-12)
     for p, q in zip(l2f.params, maml.params):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
 
@@ -257,6 +258,16 @@ def test_bad_config_raises(kw, match):
 
 
 # ---------------------------------------------------------------------------- task families
+def test_maml_paper_family_has_frequency_one_and_l2f_family_varies_it():
+    g = torch.Generator().manual_seed(0)
+    maml_curves = SINUSOID_FAMILIES["sinusoid-maml"].sample_curves(200, "train", g)
+    assert torch.equal(maml_curves[:, 1], torch.ones(200, dtype=torch.float64))
+    assert 0.1 <= float(maml_curves[:, 0].min()) and float(maml_curves[:, 0].max()) <= 5.0
+    assert 0.0 <= float(maml_curves[:, 2].min()) and float(maml_curves[:, 2].max()) <= math.pi
+    l2f_curves = SINUSOID_FAMILIES["sinusoid"].sample_curves(200, "train", g)
+    assert 0.8 <= float(l2f_curves[:, 1].min()) < 0.85 and 1.15 < float(l2f_curves[:, 1].max()) <= 1.2
+
+
 def test_sinusoid_families_sample_their_ranges():
     g = torch.Generator().manual_seed(0)
     fam = SINUSOID_FAMILIES["sinusoid-disjoint"]
@@ -286,3 +297,63 @@ def test_bench_maml_impls_agree_and_command_runs(capsys, monkeypatch):
     assert cli_main(["bench", "maml", "--rounds", "1", "--min-seconds", "0"]) == 0
     out = capsys.readouterr().out
     assert out.count("| second | 2 | 1 |") == 1 and out.count("| first | 2 | 1 |") == 1 and "vmapped+fused" in out
+
+
+# ---------------------------------------------------------------------------- the API from outside
+def test_meta_step_takes_a_list_or_tuple_and_reports_norm_and_clipping():
+    t = sine_tasks(3, 5, 4)
+    a, b, c = (MAML(tiny(), MAMLConfig(clip_grad=clip)) for clip in (0.0, 0.0, 1e-3))
+    as_list = a.meta_step(list(t))
+    as_tuple = b.meta_step(tuple(t))
+    assert as_list == as_tuple  # same learner, same batch: the same loss, norm and flag
+    want = torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in meta_grad(MAML(tiny()), t)]))
+    assert as_list.grad_norm == pytest.approx(float(want), rel=1e-10)
+    assert as_list.clipped is False
+    clipped = c.meta_step(t)
+    assert clipped.clipped is True and clipped.grad_norm == pytest.approx(as_list.grad_norm, rel=1e-10)
+    assert MAML(tiny(), MAMLConfig(clip_grad=1e6)).meta_step(t).clipped is False
+
+
+def test_outer_loss_gives_a_meta_gradient_without_a_step():
+    learner = MAML(tiny())
+    before = [p.detach().clone() for p in learner.params]
+    grads = torch.autograd.grad(learner.outer_loss(list(sine_tasks())), learner.meta_parameters())
+    assert all(g.abs().sum() > 0 for g in grads)
+    assert all(torch.equal(p, q) for p, q in zip(learner.params, before)) and learner.steps == 0
+
+
+def test_a_batch_without_its_task_dimension_is_an_error_not_a_misread():
+    """[K, 1] support points of one task would be read as K tasks of one scalar example."""
+    t = sine_tasks(1, 5, 4)
+    learner = MAML(tiny())  # input_shape unknown: inferred from the first batch
+    with pytest.raises(ValueError, match=r"support_x must be \[B, K, \*input_shape\].*unsqueeze\(0\)"):
+        learner.meta_step((t.support_x[0], t.support_y[0], t.query_x[0], t.query_y[0]))
+    assert learner.steps == 0 and learner.input_shape is None
+    # scalar examples on purpose: said so with input_shape=()
+    scalar = MAML(nn.Sequential(nn.Unflatten(-1, (-1, 1)), tiny(), nn.Flatten(-2)).double(), input_shape=())
+    loss = scalar.meta_step((t.support_x[..., 0], t.support_y[..., 0], t.query_x[..., 0], t.query_y[..., 0])).loss
+    assert math.isfinite(loss)
+
+
+def test_targets_of_another_shape_than_the_outputs_are_an_error_not_a_broadcast():
+    t = sine_tasks(2, 5, 4)
+    learner = MAML(tiny())
+    with pytest.raises(ValueError, match=r"targets have shape \[B, 5\] but the model's outputs \[B, 5, 1\]"):
+        learner.meta_step(t._replace(support_y=t.support_y[..., 0], query_y=t.query_y[..., 0]))
+
+
+def test_a_dtype_mismatch_names_the_argument():
+    t = sine_tasks(2, 5, 4)
+    learner = MAML(tiny().float())
+    with pytest.raises(TypeError, match=r"support_x is torch.float64 but the model's parameters are torch.float32"):
+        learner.meta_step(t)
+
+
+def test_l2f_takes_a_maml_config():
+    cfg = MAMLConfig(inner_lr=0.02, inner_steps=2, clip_grad=5.0)
+    learner = L2F(tiny(), cfg)
+    assert isinstance(learner.config, L2FConfig)
+    assert learner.config.inner_lr == 0.02 and learner.config.inner_steps == 2 and learner.config.clip_grad == 5.0
+    assert learner.config.attenuator_layers == L2FConfig().attenuator_layers
+    with pytest.raises(TypeError, match="L2FConfig"):
+        L2F(tiny(), {"inner_lr": 0.1})

@@ -22,7 +22,7 @@ is the method as published.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Optional, Sequence
 
 import torch
@@ -64,7 +64,8 @@ class L2F(MAML):
 
     Args:
         model: f_theta, as in :class:`MAML`.
-        config: :class:`L2FConfig`.
+        config: :class:`L2FConfig`; a plain :class:`~fastcl.algorithms.maml.MAMLConfig` is taken as
+            its MAML settings with the attenuator's defaults.
         input_shape: as in :class:`MAML`.
         attenuator: g_phi mapping ``[B, L]`` layer-wise gradient means to ``[B, L]`` factors
             (default :func:`attenuator_mlp` with ``config.attenuator_layers``), built on the
@@ -74,8 +75,12 @@ class L2F(MAML):
     def __init__(self, model: nn.Module, config: Optional[L2FConfig] = None,
                  input_shape: Optional[Sequence[int]] = None, attenuator: Optional[nn.Module] = None):
         config = config if config is not None else L2FConfig()
+        if isinstance(config, MAMLConfig) and not isinstance(config, L2FConfig):
+            # MAML's settings with the attenuator's defaults (L2FConfig(**asdict(config), attenuator_layers=...))
+            config = L2FConfig(**asdict(config))
         if not isinstance(config, L2FConfig):
-            raise TypeError(f"config must be an L2FConfig, got {type(config).__name__}")
+            raise TypeError(f"config must be an L2FConfig (or a MAMLConfig, given the attenuator's defaults), "
+                            f"got {type(config).__name__}")
         n = sum(1 for p in model.parameters() if p.requires_grad)
         p0 = next(model.parameters())
         self.attenuator = (attenuator if attenuator is not None

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -52,13 +52,27 @@ from torch.func import functional_call, vmap
 from .. import ops
 from ..data.meta_tasks import TaskBatch
 
-__all__ = ["MAMLConfig", "MAML", "LOSSES"]
+__all__ = ["MAMLConfig", "MAML", "MetaStepResult", "LOSSES"]
 
 #: per-task loss on ``(prediction [K, ...], target [K, ...])``.
 LOSSES = {
     "mse": F.mse_loss,
     "cross_entropy": F.cross_entropy,
 }
+
+
+class MetaStepResult(NamedTuple):
+    """What :meth:`MAML.meta_step` returns.
+
+    Attributes:
+        loss: the mean query loss after adaptation (the meta-objective before the update).
+        grad_norm: the global L2 norm of the meta-gradient, before any clipping.
+        clipped: whether clipping (``MAMLConfig.clip_grad``) scaled the meta-gradient down.
+    """
+
+    loss: float
+    grad_norm: float
+    clipped: bool
 
 
 @dataclass
@@ -149,6 +163,11 @@ class MAML:
 
     def _task_loss(self, params: Sequence[Tensor], x: Tensor, y: Tensor) -> Tensor:
         out = functional_call(self.model, ({**dict(zip(self.param_names, params)), **self.buffers}), (x,))
+        if self.config.loss == "mse" and out.shape != y.shape:
+            # F.mse_loss would broadcast [K, 1] against [K] into [K, K] and average nonsense
+            raise ValueError(f"targets have shape [B, {', '.join(map(str, y.shape))}] but the model's outputs "
+                             f"[B, {', '.join(map(str, out.shape))}]: give targets the outputs' shape "
+                             "(e.g. y.unsqueeze(-1))")
         return self.loss_fn(out, y)
 
     def task_losses(self, fast: Sequence[Tensor], x: Tensor, y: Tensor) -> Tensor:
@@ -213,24 +232,47 @@ class MAML:
         return out if create_graph else [f.detach() for f in out]
 
     def outer_loss(self, tasks: TaskBatch, params: Optional[Sequence[Tensor]] = None) -> Tensor:
-        """The meta-objective ``mean_i L(theta_i^(S); D'_i)``, differentiable in theta (and phi)."""
+        """The meta-objective ``mean_i L(theta_i^(S); D'_i)``, differentiable in theta (and phi).
+
+        This is how to get a meta-gradient without taking a step::
+
+            grads = torch.autograd.grad(learner.outer_loss(tasks), learner.meta_parameters())
+
+        Args:
+            tasks: a :class:`~fastcl.data.meta_tasks.TaskBatch`, or any tuple / list
+                ``(support_x, support_y, query_x, query_y)`` of ``[B, K, ...]`` tensors.
+            params: the starting point theta (default: the model's parameters).
+        """
         tasks = self._check_tasks(tasks)
         second = not self.config.first_order
         fast = self.initial_fast(tasks.support_x, tasks.support_y, params, create_graph=True)
         fast = self.inner_loop(fast, tasks.support_x, tasks.support_y, self.config.step_sizes(), second)
         return self.task_losses(fast, tasks.query_x, tasks.query_y).mean()
 
-    def meta_step(self, tasks: TaskBatch) -> float:
-        """One meta-update on a meta-batch (Adam on the meta-gradient, clipped if configured);
-        returns the mean query loss after adaptation."""
+    def meta_step(self, tasks: TaskBatch) -> MetaStepResult:
+        """One meta-update on a meta-batch: Adam on the meta-gradient, clipped to
+        ``config.clip_grad`` if set.
+
+        Args:
+            tasks: as :meth:`outer_loss`.
+
+        Returns:
+            :class:`MetaStepResult`: the mean query loss after adaptation, the meta-gradient's
+            norm before clipping, and whether clipping acted.
+        """
         loss = self.outer_loss(tasks)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.config.clip_grad > 0:
-            torch.nn.utils.clip_grad_norm_(self.meta_parameters(), self.config.clip_grad)
+        params = [p for p in self.meta_parameters() if p.grad is not None]
+        clip = self.config.clip_grad
+        if clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
         self.optimizer.step()
         self.steps += 1
-        return float(loss.detach())
+        norm = float(norm)
+        return MetaStepResult(float(loss.detach()), norm, bool(clip > 0 and norm > clip))
 
     def evaluate(self, tasks: TaskBatch, steps: Optional[int] = None) -> Tensor:
         """``[B]`` query loss of each task after adapting on its support set (no meta-update)."""
@@ -245,8 +287,14 @@ class MAML:
             raise TypeError(f"{name} must be a tensor, got {type(x).__name__}")
         if not x.is_floating_point():
             raise TypeError(f"{name} must be a floating tensor, got {x.dtype}")
-        if x.dim() < 2:
-            raise ValueError(f"{name} must be [B, K, *input_shape] (stacked over tasks), got shape {tuple(x.shape)}")
+        dtype = self.params[0].dtype
+        if x.dtype != dtype:
+            raise TypeError(f"{name} is {x.dtype} but the model's parameters are {dtype}: convert one of "
+                            f"them (e.g. {name}.to({dtype}))")
+        if x.dim() < 2 or (x.dim() == 2 and self.input_shape != ()):
+            raise ValueError(f"{name} must be [B, K, *input_shape], stacked over B tasks of K examples, got shape "
+                             f"{tuple(x.shape)}; for one task add the task dimension ({name}.unsqueeze(0)); "
+                             "for scalar examples build the learner with input_shape=()")
         if self.input_shape is not None and tuple(x.shape[2:]) != self.input_shape:
             raise ValueError(f"{name} has shape {tuple(x.shape)}; expected [B, K, "
                              f"{', '.join(map(str, self.input_shape))}]")
@@ -262,8 +310,10 @@ class MAML:
             raise ValueError(f"{name} set must hold at least one task and one example, got {tuple(x.shape)}")
 
     def _check_tasks(self, tasks: TaskBatch) -> TaskBatch:
-        if not isinstance(tasks, tuple) or len(tasks) != 4:
-            raise TypeError("tasks must be a TaskBatch (support_x, support_y, query_x, query_y)")
+        if not isinstance(tasks, (tuple, list)) or len(tasks) != 4:
+            raise TypeError("tasks must be a TaskBatch or a tuple / list (support_x, support_y, query_x, query_y), "
+                            f"got {type(tasks).__name__}" + (f" of {len(tasks)}" if isinstance(tasks, (tuple, list))
+                                                              else ""))
         tasks = TaskBatch(*tasks)
         self._check_set(tasks.support_x, tasks.support_y, "support")
         self._check_set(tasks.query_x, tasks.query_y, "query")

@@ -1,8 +1,9 @@
 """Task families of the meta-learners: sinusoid regression and the quadratic example of FTML.
 
 * :class:`SinusoidFamily`: ``y = A sin(w x + b)`` with ``x`` uniform on ``[-5, 5]`` (MAML
-  Sec. 5.1; L2F supplementary Sec. C.1). :data:`SINUSOID_FAMILIES` holds the standard family
-  (A in [0.1, 5], w in [0.8, 1.2], b in [0, pi], the same ranges at training and evaluation) and
+  Sec. 5.1; L2F supplementary Sec. C.1). :data:`SINUSOID_FAMILIES` holds L2F's standard family
+  (``sinusoid``: A in [0.1, 5], w in [0.8, 1.2], b in [0, pi], the same ranges at training and
+  evaluation), the MAML paper's (``sinusoid-maml``: the same with w = 1) and
   the non-overlapping variant of the L2F supplementary (``sinusoid-disjoint``: train A in
   [0.1, 3], w in [0.8, 1.0], b in [0, pi/2]; evaluate A in [3, 5], w in [1.0, 1.2],
   b in [pi/2, pi]).
@@ -115,6 +116,10 @@ class SinusoidFamily:
 #: name -> the family (``fastcl run maml --family NAME``).
 SINUSOID_FAMILIES: dict[str, SinusoidFamily] = {
     "sinusoid": SinusoidFamily(),
+    # MAML Sec. 5.1: "the amplitude varies within [0.1, 5.0] and the phase varies within [0, pi]",
+    # the frequency fixed at 1
+    "sinusoid-maml": SinusoidFamily(train=SinusoidRanges(frequency=(1.0, 1.0)),
+                                    test=SinusoidRanges(frequency=(1.0, 1.0))),
     "sinusoid-disjoint": SinusoidFamily(
         train=SinusoidRanges((0.1, 3.0), (0.8, 1.0), (0.0, math.pi / 2)),
         test=SinusoidRanges((3.0, 5.0), (1.0, 1.2), (math.pi / 2, math.pi)),

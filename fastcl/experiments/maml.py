@@ -198,7 +198,7 @@ def _train(learner: MAML, fam, name: str, seed: int, shots: int, queries: int, m
                desc=f"{name} seed {seed}", leave=False, mininterval=1.0)
     acc, n, begin = 0.0, 0, time.perf_counter()
     for it in bar:
-        loss = learner.meta_step(fam.sample(meta_batch, shots, queries, "train", gen))
+        loss = learner.meta_step(fam.sample(meta_batch, shots, queries, "train", gen)).loss
         guard.record(it, loss=loss)
         acc, n = acc + loss, n + 1
         if (it + 1) % every == 0 or it + 1 == iterations:
