@@ -69,3 +69,13 @@ def test_parse_overrides_types():
 def test_average_accuracy_curve():
     acc = np.array([[0.9, 0.1], [0.7, 0.8]])
     assert average_accuracy_curve(acc).tolist() == pytest.approx([0.9, 0.75])
+
+
+def test_overall_progress_counts_every_task_of_every_run(tmp_path, data_dir, capsys):
+    """One bar over learners x seeds x tasks (with its ETA), beside the per-task bars."""
+    args = ["run", "er-ring,finetune", "--tasks", "3", "--per-task", "20", "--seeds", "2", "--data", str(data_dir),
+            "--no-plots", "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "12/12" in err  # 2 learners x 2 seeds x 3 tasks
+    assert "finetune seed 1" in err

@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .. import rundir
 from ..algorithms.overrides import parse_overrides
@@ -196,29 +197,43 @@ def run_experiment(learners: Sequence[str], stream_name: str, *, num_tasks: int,
         if resume and ck.is_file():
             stream, learner, fp = job(name, seed)
             rundir.verify_checkpoint(ck, checkpoint_fingerprint(learner, stream, batch_size, seed, fp))
-    for name in learners:
-        runs = []
-        for seed in seeds:
-            stream, learner, fp = job(name, seed)
-            ck = checkpoints[name, seed]
-            if progress:
-                log(f"{name} seed {seed}: {len(stream)} tasks")
-            begin = time.perf_counter()
-            res = run_stream(learner, stream, batch_size=batch_size, seed=seed, checkpoint=ck, resume=resume,
-                             progress=progress, fingerprint=fp, log=lambda m: log(f"{name} seed {seed}: {m}"),
-                             check_finite=check_finite)
-            wall = time.perf_counter() - begin
-            summary = res.summary(skip_first)
-            config = dataclasses.asdict(learner.config)
-            runs.append({"seed": seed, "acc": res.acc.values.tolist(), "summary": summary, "wall_seconds": wall,
-                         "train_seconds_per_task": res.train_seconds})
-        agg = {k: [r["summary"][k] for r in runs] for k in runs[0]["summary"]}
-        results["learners"][name] = {
-            "config": {k: v for k, v in config.items() if k != "seed"},
-            "runs": runs,
-            "mean": {k: float(np.mean(v)) for k, v in agg.items()},
-            "std": {k: float(np.std(v)) for k, v in agg.items()},
-        }
+    # one bar over every (learner, seed, task) of the run, with its ETA; run_stream adds a bar per task
+    overall = tqdm(total=len(learners) * len(seeds) * num_tasks, disable=not progress, unit="task",
+                   desc="fastcl run", position=0, dynamic_ncols=True)
+    done: dict[tuple[str, int], int] = {}
+
+    def advance(name: str, seed: int) -> Callable[[int, list[float]], None]:
+        def on_task_end(t: int, accs: list[float]) -> None:
+            overall.update(t + 1 - done.get((name, seed), 0))  # a resumed run jumps over its done tasks
+            done[name, seed] = t + 1
+        return on_task_end
+
+    try:
+        for name in learners:
+            runs = []
+            for seed in seeds:
+                stream, learner, fp = job(name, seed)
+                ck = checkpoints[name, seed]
+                overall.set_description(f"{name} seed {seed}")
+                begin = time.perf_counter()
+                res = run_stream(learner, stream, batch_size=batch_size, seed=seed, checkpoint=ck, resume=resume,
+                                 progress=progress, fingerprint=fp, log=lambda m: log(f"{name} seed {seed}: {m}"),
+                                 check_finite=check_finite, on_task_end=advance(name, seed))
+                advance(name, seed)(num_tasks - 1, [])  # a resumed run that was already done
+                wall = time.perf_counter() - begin
+                summary = res.summary(skip_first)
+                config = dataclasses.asdict(learner.config)
+                runs.append({"seed": seed, "acc": res.acc.values.tolist(), "summary": summary, "wall_seconds": wall,
+                             "train_seconds_per_task": res.train_seconds})
+            agg = {k: [r["summary"][k] for r in runs] for k in runs[0]["summary"]}
+            results["learners"][name] = {
+                "config": {k: v for k, v in config.items() if k != "seed"},
+                "runs": runs,
+                "mean": {k: float(np.mean(v)) for k, v in agg.items()},
+                "std": {k: float(np.std(v)) for k, v in agg.items()},
+            }
+    finally:
+        overall.close()
     _write(results, out)
     log(summary_table(results))
     if plots:
@@ -270,6 +285,8 @@ def average_accuracy_curve(acc: np.ndarray) -> np.ndarray:
 def _plot(results: dict[str, Any], out: Path) -> None:
     import matplotlib
 
+    from .plots import task_ticks
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -280,9 +297,7 @@ def _plot(results: dict[str, Any], out: Path) -> None:
         ax.plot(x, curves.mean(0), label=name, marker="o", markersize=3)
         if curves.shape[0] > 1:
             ax.fill_between(x, curves.mean(0) - curves.std(0), curves.mean(0) + curves.std(0), alpha=0.2)
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    task_ticks(ax.xaxis)
     ax.set_xlabel("tasks learned")
     ax.set_ylabel("average accuracy on tasks seen (%)")
     ax.set_title(results['stream'])
@@ -301,6 +316,8 @@ def _plot(results: dict[str, Any], out: Path) -> None:
         ax.set_title(name)
         ax.set_xlabel("task evaluated j")
         ax.set_ylabel("after training task i")
+        task_ticks(ax.xaxis, zero_based=True)
+        task_ticks(ax.yaxis, zero_based=True)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="accuracy (%)")
     rundir.atomic_savefig(fig, out / "matrix.png", dpi=120)
     plt.close(fig)

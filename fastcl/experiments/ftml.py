@@ -286,6 +286,8 @@ def _plot(results: dict[str, Any], out: Path) -> None:
     """Fig. 3 of the paper: efficiency, error after 100 datapoints, error after all, per task."""
     import matplotlib
 
+    from .plots import task_ticks
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -304,6 +306,7 @@ def _plot(results: dict[str, Any], out: Path) -> None:
                 se = v.std(0, ddof=1) / np.sqrt(v.shape[0])
                 ax.fill_between(x, mean - se, mean + se, alpha=0.2)
         ax.set_xlabel("task")
+        task_ticks(ax.xaxis)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_yscale("log")

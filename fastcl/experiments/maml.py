@@ -261,7 +261,8 @@ def _plot(results, fits, tasks, curves, fam, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for name, r in results["learners"].items():
         h = np.array([run["history"] for run in r["runs"]])  # [seeds, records, 2]
-        ax.plot(h[0, :, 0], h[:, :, 1].mean(0), label=name)
+        # a run shorter than a few checkpoint intervals has a few records: show them as points
+        ax.plot(h[0, :, 0], h[:, :, 1].mean(0), label=name, marker="o" if h.shape[1] <= 20 else None)
     ax.set_yscale("log")
     ax.set_xlabel("meta-iteration")
     ax.set_ylabel("meta-training query MSE")
