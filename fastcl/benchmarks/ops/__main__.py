@@ -1,0 +1,7 @@
+"""``python -m fastcl.benchmarks.ops``."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
