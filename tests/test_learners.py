@@ -108,3 +108,47 @@ def test_bad_config():
         ERConfig(per_class=0)
     with pytest.raises(ValueError, match="lr"):
         ERConfig(lr=-1.0)
+
+
+# ---------------------------------------------------------------------------- the protocol from outside
+def test_single_head_predict_needs_no_task_and_multi_head_says_it_does():
+    s = _stream()
+    learner = _er(s)
+    x = s[0].x_test[:5]
+    assert torch.equal(learner.predict(x), learner.predict(x, 0))
+    multi = _er(_stream(multi_head=True))
+    with pytest.raises(ValueError, match="predict needs task"):
+        multi.predict(x)
+
+
+def test_begin_task_starts_a_task_in_order():
+    s = _stream()
+    learner = _er(s)
+    learner.begin_task(1)
+    assert learner.current_task == 1
+    learner.observe(s[1].x_train[:10], s[1].y_train[:10], 1)  # the same task: fine
+    with pytest.raises(ValueError, match="in order"):
+        learner.begin_task(0)
+    with pytest.raises(ValueError, match="task must be"):
+        learner.begin_task(-1)
+
+
+def _replay_draws(torch_seed, config_seed=None):
+    s = _stream()
+    torch.manual_seed(torch_seed)
+    learner = ERRing(MLP((20, 32, 4)), 4, (20,), ERConfig(lr=0.05, per_class=2, num_tasks=3, seed=config_seed))
+    return learner.seed, torch.randint(0, 10**9, (8,), generator=learner.generator)
+
+
+def test_seed_left_out_follows_torch_seed():
+    """ERConfig() without seed: torch.manual_seed(s) fixes the learner's replay generator, and two
+    torch seeds give two replays (not one silent seed 0 for every run)."""
+    seed_a, draws_a = _replay_draws(1)
+    seed_b, draws_b = _replay_draws(1)
+    seed_c, draws_c = _replay_draws(2)
+    assert seed_a == seed_b and torch.equal(draws_a, draws_b)
+    assert seed_a != seed_c and not torch.equal(draws_a, draws_c)
+    # an explicit seed wins over torch's
+    assert _replay_draws(1, 5)[0] == _replay_draws(2, 5)[0] == 5
+    with pytest.raises(ValueError, match="seed"):
+        ERConfig(seed=-1)

@@ -2,9 +2,11 @@
 
 A learner sees a stream of tasks one batch at a time:
 
+* ``begin_task(task)`` before a task's first batch (optional: ``observe`` starts a task by itself),
 * ``observe(x, y, task)`` for each incoming batch (``task`` never decreases),
 * ``end_task(task)`` once the task's data is over,
-* ``predict(x, task)`` for logits at any time (``task`` selects the head of multi-head models),
+* ``predict(x)`` for logits at any time; ``predict(x, task)`` selects the head of a multi-head
+  learner (one with ``task_classes``), which needs it,
 * ``state_dict()`` / ``load_state_dict()`` for the full state (model, memory,
   generators), so a run interrupted after any task resumes exactly.
 
@@ -25,7 +27,7 @@ from torch import Tensor, nn
 
 from .. import ops
 
-__all__ = ["Learner", "ModelLearner", "LearnerConfig"]
+__all__ = ["Learner", "ModelLearner", "LearnerConfig", "resolve_seed"]
 
 
 @dataclass
@@ -34,11 +36,14 @@ class LearnerConfig:
 
     Attributes:
         lr: SGD learning rate of the model update.
-        seed: seed of the learner's own generator (replay sampling and the like).
+        seed: seed of the learner's own generator (replay sampling and the like). ``None``
+            (default): drawn from torch's global generator when the learner is built, so
+            ``torch.manual_seed(s)`` before building a learner fixes its replay too, and runs with
+            different torch seeds replay differently (``fastcl run`` passes its ``--seeds``).
     """
 
     lr: float = 0.1
-    seed: int = 0
+    seed: Optional[int] = None
 
     def __post_init__(self):
         for name, value in asdict(self).items():
@@ -46,6 +51,15 @@ class LearnerConfig:
                 raise ValueError(f"{name} must not be nan")
         if self.lr < 0:
             raise ValueError(f"lr must be >= 0, got {self.lr}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
+            raise ValueError(f"seed must be an int >= 0 or None, got {self.seed!r}")
+
+
+def resolve_seed(seed: Optional[int]) -> int:
+    """``seed``, or for ``None`` a seed drawn from torch's global generator (one ``randint``)."""
+    if seed is None:
+        return int(torch.randint(0, 2**62, (), dtype=torch.int64))
+    return int(seed)
 
 
 class Learner(abc.ABC):
@@ -56,12 +70,16 @@ class Learner(abc.ABC):
         """Learn from one incoming batch ``x`` ``[B, *input_shape]``, ``y`` ``[B]`` of ``task``;
         returns the training loss."""
 
+    def begin_task(self, task: int) -> None:
+        """Called once before the first batch of ``task`` (optional: ``observe`` begins it too)."""
+
     def end_task(self, task: int) -> None:
         """Called once after the last batch of ``task``."""
 
     @abc.abstractmethod
-    def predict(self, x: Tensor, task: int) -> Tensor:
-        """Logits ``[B, num_classes]`` for ``x`` (other tasks' classes masked in multi-head mode)."""
+    def predict(self, x: Tensor, task: Optional[int] = None) -> Tensor:
+        """Logits ``[B, num_classes]`` for ``x`` (other tasks' classes masked in multi-head mode,
+        where ``task`` is needed)."""
 
     @abc.abstractmethod
     def state_dict(self) -> dict[str, Any]:
@@ -103,7 +121,9 @@ class ModelLearner(Learner):
             for t, classes in enumerate(self.task_classes):
                 self.mask_table[t, classes] = True
         self.current_task = -1
-        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        #: the seed in use: ``config.seed``, or one drawn from torch's generator (config.seed None)
+        self.seed = resolve_seed(config.seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         self.param_names = [n for n, _ in named]
         self.params = [p for _, p in named]
@@ -144,6 +164,11 @@ class ModelLearner(Learner):
     def _begin(self, task: int) -> None:
         self.current_task = task
 
+    def begin_task(self, task: int) -> None:
+        """Start ``task`` before its first batch (``observe`` does it by itself; tasks arrive in order)."""
+        self._check_task(task)
+        self._begin(task)
+
     # -- heads ------------------------------------------------------------------------
     def mask_logits(self, out: Tensor, tasks: Tensor | int, fill: float = float("-inf")) -> Tensor:
         """``out`` with the logits of other tasks' classes set to ``fill`` (multi-head; single
@@ -160,7 +185,11 @@ class ModelLearner(Learner):
         return F.cross_entropy(self.logits(x, tasks), y)
 
     @torch.no_grad()
-    def predict(self, x: Tensor, task: int) -> Tensor:
+    def predict(self, x: Tensor, task: Optional[int] = None) -> Tensor:
+        """Logits ``[B, num_classes]`` of the model in eval mode; a multi-head learner needs
+        ``task`` (the other tasks' classes are masked), a single-head one ignores it."""
+        if task is None and self.mask_table is not None:
+            raise ValueError("predict needs task for a multi-head learner (one built with task_classes)")
         was = self.model.training
         self.model.eval()
         try:

@@ -154,7 +154,7 @@ class HAL(ERRing):
         self.anchor_x = torch.zeros((n_anchor, *self.input_shape), dtype=dtype, device=self.device)
         self.anchor_mask = torch.zeros(n_anchor, dtype=torch.bool, device=self.device)
         # a generator of its own, so that HAL with lam = 0 replays exactly as ER-Ring does
-        self.anchor_generator = torch.Generator(device=self.device).manual_seed(config.seed + 7919)
+        self.anchor_generator = torch.Generator(device=self.device).manual_seed(self.seed + 7919)
         self._past: Optional[tuple[int, Tensor]] = None  # (task, learned anchor rows before it)
         self._reset_task_stats()
 

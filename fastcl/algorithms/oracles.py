@@ -54,7 +54,10 @@ class CloneAndFinetune(Finetune):
         self.task_params[task] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     @torch.no_grad()
-    def predict(self, x: Tensor, task: int) -> Tensor:
+    def predict(self, x: Tensor, task: Optional[int] = None) -> Tensor:
+        """Logits of the model kept for ``task`` (needed: one model per task)."""
+        if task is None:
+            raise ValueError("predict needs task: clone-and-finetune keeps one model per task")
         state = self.task_params.get(task)
         if state is None:  # a task not trained yet: the current model (a clone-to-be)
             return super().predict(x, task)
