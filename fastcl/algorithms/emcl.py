@@ -71,13 +71,15 @@ from .. import ops
 from ..ops import reference
 from .lamaml import ReplayMetaConfig, ReplayMetaLearner, _check_positive, is_plain_mlp, mlp_grads
 
-__all__ = ["EMCL", "EMCLConfig", "EMCL_VARIANTS"]
+__all__ = ["EMCL", "EMCLConfig", "EMCL_VARIANTS", "IMPORTANCE_SCALES"]
 
 EMCL_VARIANTS = ("emcl", "nopgd", "lr", "si")
 #: Eq. 8 readings, the modes of the fused op (:data:`fastcl.ops.LR_MODES`): "inverse",
 #: ``alpha = alpha0 * r / (h + eps)`` (Eq. 8 from alpha_0 at every step: no compounding, no cap),
 #: "paper" (as printed, compounding) and "stabilised" (capped at alpha_0).
 LR_MODES = ("stabilised", "paper", "inverse")
+#: the scale of ``L_t`` in Eq. 13: "sum" over the examples of b (Eq. 1), or their "mean"
+IMPORTANCE_SCALES = ("sum", "mean")
 
 
 @dataclass
@@ -110,6 +112,7 @@ class EMCLConfig(ReplayMetaConfig):
         reference: run on the pure-PyTorch references of the fused ops.
     """
 
+    memory_size: int = 0
     alpha0: float = 0.3
     beta: float = 0.15
     lam: float = 10.0
@@ -119,6 +122,8 @@ class EMCLConfig(ReplayMetaConfig):
     lr_mode: str = "inverse"
     eps: float = 1e-8
     importance_norm: bool = False
+    importance_scale: str = "sum"
+    uniform_importance: bool = False
     variant: str = "emcl"
     inner_replay: bool = True
     fused_inner: bool = True
@@ -132,6 +137,8 @@ class EMCLConfig(ReplayMetaConfig):
             raise ValueError(f"eta (importance decay) must be in [0, 1], got {self.eta}")
         if self.lr_mode not in LR_MODES:
             raise ValueError(f"lr_mode must be one of {sorted(LR_MODES)}, got {self.lr_mode!r}")
+        if self.importance_scale not in IMPORTANCE_SCALES:
+            raise ValueError(f"importance_scale must be one of {IMPORTANCE_SCALES}, got {self.importance_scale!r}")
         if self.variant not in EMCL_VARIANTS:
             raise ValueError(f"variant must be one of {EMCL_VARIANTS}, got {self.variant!r}")
 
@@ -165,6 +172,7 @@ class EMCL(ReplayMetaLearner):
         self._inner_grads = [torch.empty_like(p) for p in self.params]
         self._meta_grads = [torch.empty_like(p) for p in self.params]
         self._scratch = [torch.empty_like(p) for p in self.params]
+        self._uniform = [torch.empty_like(p) for p in self.params] if config.uniform_importance else []
 
     def grads(self, model: nn.Module, params: list[Tensor], x: Tensor, y: Tensor, tasks: Tensor | int,
               need_loss: bool = True, out: Optional[list[Tensor]] = None) -> tuple[Optional[Tensor], list[Tensor]]:
@@ -181,12 +189,27 @@ class EMCL(ReplayMetaLearner):
 
     # -- the pieces of Algorithm 1 ------------------------------------------------------
     def importance_grads(self, bx: Tensor, by: Tensor, btasks: Tensor | int) -> tuple[Tensor, list[Tensor]]:
-        """Meta loss at theta_0 and the gradient Omega is estimated from (Eq. 13), normalised
-        per tensor to mean |g*theta| = 1 when ``importance_norm``."""
+        """Mean meta loss at theta_0 and the gradient Omega is estimated from (Eq. 13):
+        ``dL_t(theta_0; b)/dtheta_0`` with ``L_t`` the sum of the losses of the examples of b
+        (Eq. 1; ``importance_scale="sum"``, the gradient of the mean times |b|) or their mean
+        (``"mean"``); normalised per tensor to mean |g*theta| = 1 when ``importance_norm``."""
         loss, grads = self.grads(self.model, self.params, bx, by, btasks, out=self._meta_grads)
+        if self.config.importance_scale == "sum":
+            torch._foreach_mul_(grads, float(bx.shape[0]))
         if self.config.importance_norm:
             self._normalise_(grads, self.params)
         return loss, grads
+
+    def inner_importance(self) -> list[Tensor]:
+        """The h of the inner loop (the prox of Eq. 21, the regulariser of Eq. 6): h itself, or,
+        with ``uniform_importance`` (an ablation), its mean over all parameters in every element."""
+        if not self.config.uniform_importance:
+            return self.importance
+        total = sum(float(h.sum()) for h in self.importance)
+        mean = total / sum(h.numel() for h in self.importance)
+        for u in self._uniform:
+            u.fill_(mean)
+        return self._uniform
 
     @torch.no_grad()
     def _normalise_(self, grads: list[Tensor], by: list[Tensor]) -> None:
@@ -198,11 +221,11 @@ class EMCL(ReplayMetaLearner):
     def inner_loop(self, bx: Tensor, by: Tensor, btasks: Tensor | int) -> None:
         """theta_k on the scratch model: one step per single example of ``bx``."""
         cfg, fast = self.config, self.fast
+        h = self.inner_importance()
         with torch.no_grad():
             torch._foreach_copy_(fast, self.params)
             if self.fused_inner and cfg.variant in ("emcl", "si"):  # Eq. 16 + 21, all k steps
-                self.ops.mlp_prox_steps_(fast, bx, by, self.params, self.importance, cfg.beta,
-                                         cfg.gamma * cfg.lam)
+                self.ops.mlp_prox_steps_(fast, bx, by, self.params, h, cfg.beta, cfg.gamma * cfg.lam)
                 return
         for i in range(bx.shape[0]):
             t = btasks if isinstance(btasks, int) else btasks[i:i + 1]
@@ -210,11 +233,10 @@ class EMCL(ReplayMetaLearner):
                                   out=self._inner_grads)
             with torch.no_grad():
                 if cfg.variant in ("emcl", "si"):  # Eq. 16 + 21 in one fused call
-                    self.ops.prox_sgd_(fast, grads, self.params, self.importance, cfg.beta,
-                                       cfg.gamma * cfg.lam)
+                    self.ops.prox_sgd_(fast, grads, self.params, h, cfg.beta, cfg.gamma * cfg.lam)
                 elif cfg.variant == "nopgd":  # gradient step on Eq. 6, regulariser included
                     total = torch._foreach_sub(fast, self.params)
-                    torch._foreach_mul_(total, self.importance)
+                    torch._foreach_mul_(total, h)
                     torch._foreach_mul_(total, cfg.lam)
                     torch._foreach_add_(total, grads)  # grad + lambda*h*(theta - theta_0)
                     self.ops.prox_sgd_(fast, total, None, None, cfg.beta, 0.0)
