@@ -63,8 +63,8 @@ CASES: dict[str, Callable[[torch.nn.Module, int], object]] = {
     "EMCL fused, per-step inner loop (by-hand gradients + prox_sgd_)": lambda m, g: EMCL(
         m, 10, (784,), EMCLConfig(glances=g, memory_size=200, fused_inner=False)),
     "EMCL reference": lambda m, g: EMCL(m, 10, (784,), EMCLConfig(glances=g, memory_size=200, reference=True)),
-    "EMCL fused, inner loop on the 10 incoming": lambda m, g: EMCL(m, 10, (784,),
-                                                                    EMCLConfig(glances=g, memory_size=200, inner_replay=False)),
+    "EMCL fused, inner loop on the 10 incoming": lambda m, g: EMCL(
+        m, 10, (784,), EMCLConfig(glances=g, memory_size=200, inner_replay=False)),
     "La-MAML first order": lambda m, g: LaMAML(m, 10, (784,), LaMAMLConfig(glances=g, second_order=False)),
     "La-MAML second order": lambda m, g: LaMAML(m, 10, (784,), LaMAMLConfig(glances=g)),
     "ER (reservoir, 1 step)": lambda m, g: _ReplayER(m, 10, (784,), LaMAMLConfig(glances=1)),
