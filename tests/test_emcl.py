@@ -476,7 +476,8 @@ def test_ablations_and_replay_are_variants_of_the_default_emcl(stream_name, pape
         cfgs[name] = asdict(make(MLP((20, 4)), s, 1, {"seed": 0}).config)
     base = cfgs["emcl"]
     assert base["memory_size"] == 0 and base["variant"] == "emcl"
-    assert {k: base[k] for k in ("alpha0", "beta", "gamma", "r")} == {k: paper[k] for k in ("alpha0", "beta", "gamma", "r")}
+    table_ii = ("alpha0", "beta", "gamma", "r")
+    assert {k: base[k] for k in table_ii} == {k: paper[k] for k in table_ii}
     assert (base["lr_mode"], base["importance_scale"], base["importance_norm"]) == ("inverse", "sum", False)
     assert cfgs["emcl-replay"] == {**base, "memory_size": paper["memory"]}
     for variant in ("nopgd", "lr", "si"):
