@@ -36,23 +36,30 @@ def _hand_emcl_batch(theta0, h, alpha, x, y, cfg, model):
     """One EMCL meta-update (no replay, one glance) written out equation by equation."""
     names = [n for n, _ in model.named_parameters()]
 
-    def grad_at(params, xb, yb):
+    def grad_at(params, xb, yb, reduction="mean"):
         ps = [p.detach().clone().requires_grad_(True) for p in params]
-        loss = F.cross_entropy(torch.func.functional_call(model, dict(zip(names, ps)), (xb,)), yb)
-        return list(torch.autograd.grad(loss, ps))
+        logits = torch.func.functional_call(model, dict(zip(names, ps)), (xb,))
+        return list(torch.autograd.grad(F.cross_entropy(logits, yb, reduction=reduction), ps))
 
-    # Eq. 13: Omega = |g * theta_0| with g the gradient of the meta loss at theta_0 (normalised)
-    g = grad_at(theta0, x, y)
+    # Eq. 13: Omega = |g * theta_0| with g the gradient of the meta loss L_t(theta_0, b) at theta_0
+    # (Alg. 1, l. 9); L_t a sum over the examples of b (Eq. 1) or, importance_scale="mean", their mean
+    g = grad_at(theta0, x, y, cfg.importance_scale)
     omega = [(gi * ti).abs() for gi, ti in zip(g, theta0)]
     if cfg.importance_norm:
         omega = [o / (o.sum() / o.numel() + 1e-12) for o in omega]
-    # inner loop: Eq. 16 then the closed-form proximal step of Eq. 21, one example at a time
+    # the h of the inner loop: h, or its mean over all parameters (uniform_importance ablation)
+    if cfg.uniform_importance:
+        mean = sum(float(hh.sum()) for hh in h) / sum(hh.numel() for hh in h)
+        h_in = [torch.full_like(hh, mean) for hh in h]
+    else:
+        h_in = h
+    # inner loop on b: Eq. 16 then the closed-form proximal step of Eq. 21, one example at a time
     theta = [t.clone() for t in theta0]
     for i in range(x.shape[0]):
         gi = grad_at(theta, x[i:i + 1], y[i:i + 1])
         hat = [t - cfg.beta * gg for t, gg in zip(theta, gi)]
         theta = [(th + cfg.gamma * cfg.lam * hh * t0) / (cfg.gamma * cfg.lam * hh + 1)
-                 for th, hh, t0 in zip(hat, h, theta0)]
+                 for th, hh, t0 in zip(hat, h_in, theta0)]
     # Eq. 10: meta-gradient lambda * h * (theta_0 - theta_k), applied with alpha^j (Alg. 1, l. 9)
     new_theta0 = [t0 - a * cfg.lam * hh * (t0 - tk) for t0, a, hh, tk in zip(theta0, alpha, h, theta)]
     # Eq. 7: moving average of the importance
@@ -68,13 +75,15 @@ def _hand_emcl_batch(theta0, h, alpha, x, y, cfg, model):
 
 
 @pytest.mark.parametrize("lr_mode", ["stabilised", "paper", "inverse"])
-@pytest.mark.parametrize("importance_norm", [True, False])
+@pytest.mark.parametrize("importance_norm, importance_scale, uniform", [
+    (False, "sum", False), (False, "mean", False), (True, "sum", False), (False, "sum", True)])
 @pytest.mark.parametrize("reference", [False, True])
-def test_emcl_update_matches_the_equations(lr_mode, importance_norm, reference):
+def test_emcl_update_matches_the_equations(lr_mode, importance_norm, importance_scale, uniform, reference):
     torch.manual_seed(0)
     model = MLP((5, 4, 3)).double()
     cfg = EMCLConfig(memory_size=0, glances=1, lr_mode=lr_mode, importance_norm=importance_norm,
-                     reference=reference, r=0.5, eta=0.7)
+                     importance_scale=importance_scale, uniform_importance=uniform,
+                     reference=reference, r=0.5, eta=0.7, gamma=3.0)  # gamma: a prox that acts
     learner = EMCL(model, 3, (5,), cfg)
     theta0 = [p.detach().clone() for p in learner.params]
     start = [t.clone() for t in theta0]
@@ -90,6 +99,49 @@ def test_emcl_update_matches_the_equations(lr_mode, importance_norm, reference):
                 torch.testing.assert_close(a.detach(), b, rtol=1e-9, atol=1e-12)
     assert any(float(hh.abs().max()) > 0 for hh in h)
     assert not all(torch.equal(a, b) for a, b in zip(theta0, start))
+
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_default_emcl_is_algorithm_1_on_the_incoming_batch(reference):
+    """The default EMCLConfig is Algorithm 1 as written: no image memory, and for every incoming
+    batch b (and each of the 5 glances) the inner loop of Eq. 16 + 21 over the single examples of
+    b only, Omega of Eq. 13 from the gradient of L_t(theta_0, b) summed over b (Eq. 1), h by Eq. 7,
+    the meta step of Eq. 10 with alpha^j, and the next alpha by Eq. 8 (inverse reading); checked
+    against the step written out by hand (_hand_emcl_batch) for three batches."""
+    cfg = EMCLConfig(reference=reference)
+    assert (cfg.memory_size, cfg.importance_scale, cfg.lr_mode, cfg.glances) == (0, "sum", "inverse", 5)
+    torch.manual_seed(0)
+    model = MLP((5, 4, 3)).double()
+    learner = EMCL(model, 3, (5,), cfg)
+    assert learner.memory is None
+    theta0 = [p.detach().clone() for p in learner.params]
+    h = [torch.zeros_like(p) for p in theta0]
+    alpha = [torch.full_like(p, cfg.alpha0) for p in theta0]
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        x, y = torch.randn(10, 5, dtype=torch.float64, generator=gen), torch.randint(0, 3, (10,), generator=gen)
+        for _ in range(cfg.glances):
+            theta0, h, alpha = _hand_emcl_batch(theta0, h, alpha, x, y, cfg, MLP((5, 4, 3)).double())
+        learner.observe(x, y, 0)
+    for got, want in ((learner.params, theta0), (learner.importance, h), (learner.meta_lrs, alpha)):
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a.detach(), b, rtol=1e-9, atol=1e-12)
+
+
+def test_importance_scale_sum_is_the_batch_size_times_the_mean():
+    """Eq. 1 sums the losses: Omega (and so h) under importance_scale="sum" is |b| times the
+    mean-loss reading's, where both start from the same theta_0 (the first meta-update)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(10, 5, dtype=torch.float64), torch.randint(0, 3, (10,))
+    hs = {}
+    for scale in ("sum", "mean"):
+        torch.manual_seed(0)
+        learner = EMCL(MLP((5, 4, 3)).double(), 3, (5,), EMCLConfig(glances=1, importance_scale=scale))
+        learner.observe(x, y, 0)
+        hs[scale] = learner.importance
+    for a, b in zip(hs["sum"], hs["mean"]):
+        torch.testing.assert_close(a, 10 * b, rtol=1e-12, atol=0)
+    assert max(float(a.max()) for a in hs["sum"]) > 0
 
 
 @pytest.mark.parametrize("reference", [False, True])
@@ -121,11 +173,13 @@ def _train(learner, stream):
     return learner
 
 
-#: the pre-v2 reading (fastcl.experiments.EMCL_V1), which the ablation learners keep
+#: the pre-v2 reading (capped Eq. 8, importance normalised per tensor, r = 1/(alpha0*lambda))
 _V1 = {"lr_mode": "stabilised", "importance_norm": True, "r": 1.0 / 3.0}
 
 
-@pytest.mark.parametrize("variant, reading", [("emcl", "default")] + [(v, "v1") for v in EMCL_VARIANTS])
+# the inner-LR ablation diverges in the default reading (inner rates alpha0*r/h): checked in v1
+@pytest.mark.parametrize("variant, reading", [(v, "default") for v in EMCL_VARIANTS if v != "lr"]
+                         + [(v, "v1") for v in EMCL_VARIANTS])
 @pytest.mark.parametrize("multi_head", [False, True])
 def test_fused_and_reference_learners_agree(variant, reading, multi_head):
     s = _stream(num_tasks=2, n=20, multi_head=multi_head)
@@ -339,6 +393,7 @@ def test_reservoir_holds_a_sample_of_the_stream():
     (EMCLConfig, {"eta": 1.5}, "eta"),
     (EMCLConfig, {"lr_mode": "fast"}, "lr_mode"),
     (EMCLConfig, {"variant": "maml"}, "variant"),
+    (EMCLConfig, {"importance_scale": "max"}, "importance_scale"),
     (EMCLConfig, {"glances": 0}, "glances"),
     (EMCLConfig, {"memory_size": -1}, "memory_size"),
     (EMCLConfig, {"replay_batch": -1}, "replay_batch"),
@@ -402,3 +457,28 @@ def test_split_cifar100_multi_head_with_the_reduced_resnet(tmp_path, cls, cfg):
     for task in stream:  # logits outside the task's head are masked
         pred = learner.predict(task.x_test[:8], task.task_id).argmax(1)
         assert set(pred.tolist()) <= set(task.classes)
+
+
+@pytest.mark.parametrize("stream_name, paper", [
+    ("permuted-mnist", {"alpha0": 0.3, "beta": 0.15, "gamma": 0.3, "r": 0.01, "memory": 200}),
+    ("many-permutations", {"alpha0": 0.15, "beta": 0.03, "gamma": 0.1, "r": 0.02, "memory": 500})])
+def test_ablations_and_replay_are_variants_of_the_default_emcl(stream_name, paper):
+    """`fastcl run emcl` is Algorithm 1 (no memory, Table II's column of the stream); the Table IV /
+    Fig. 3 ablations differ from it in `variant` alone, and emcl-replay in the memory alone."""
+    from dataclasses import asdict, replace
+
+    from fastcl.experiments import LEARNERS
+
+    s = replace(_stream(num_tasks=1, n=10), name=stream_name)
+    cfgs = {}
+    for name in ("emcl", "emcl-replay", "emcl-nopgd", "emcl-lr", "emcl-si"):
+        make, _ = LEARNERS[name]
+        cfgs[name] = asdict(make(MLP((20, 4)), s, 1, {"seed": 0}).config)
+    base = cfgs["emcl"]
+    assert base["memory_size"] == 0 and base["variant"] == "emcl"
+    table_ii = ("alpha0", "beta", "gamma", "r")
+    assert {k: base[k] for k in table_ii} == {k: paper[k] for k in table_ii}
+    assert (base["lr_mode"], base["importance_scale"], base["importance_norm"]) == ("inverse", "sum", False)
+    assert cfgs["emcl-replay"] == {**base, "memory_size": paper["memory"]}
+    for variant in ("nopgd", "lr", "si"):
+        assert cfgs[f"emcl-{variant}"] == {**base, "variant": variant}

@@ -1,7 +1,8 @@
 """Time per incoming batch of the meta-continual learners (``fastcl bench emcl``).
 
 The MNIST Permutations setting of EMCL / La-MAML: MLP 784-100-100-10, batches of 10 from the
-stream, 5 glances, a reservoir memory of 200 and 10 replayed examples per meta-update. Cases:
+stream, 5 glances, a reservoir memory of 200 and 10 replayed examples per meta-update (EMCL's
+``emcl-replay``; the default ``emcl``, Algorithm 1, has no memory). Cases:
 EMCL on the fused ops (the inner loop of each glance one ``mlp_prox_steps_`` call), the same
 EMCL with one fused ``prox_sgd_`` call per inner step after by-hand gradients
 (``fused_inner=False``, the default before the fused inner loop), the same EMCL on the
@@ -58,12 +59,12 @@ class _ReplayER(LaMAML):
 
 
 CASES: dict[str, Callable[[torch.nn.Module, int], object]] = {
-    "EMCL fused": lambda m, g: EMCL(m, 10, (784,), EMCLConfig(glances=g)),
+    "EMCL fused": lambda m, g: EMCL(m, 10, (784,), EMCLConfig(glances=g, memory_size=200)),
     "EMCL fused, per-step inner loop (by-hand gradients + prox_sgd_)": lambda m, g: EMCL(
-        m, 10, (784,), EMCLConfig(glances=g, fused_inner=False)),
-    "EMCL reference": lambda m, g: EMCL(m, 10, (784,), EMCLConfig(glances=g, reference=True)),
-    "EMCL fused, inner loop on the 10 incoming": lambda m, g: EMCL(m, 10, (784,),
-                                                                    EMCLConfig(glances=g, inner_replay=False)),
+        m, 10, (784,), EMCLConfig(glances=g, memory_size=200, fused_inner=False)),
+    "EMCL reference": lambda m, g: EMCL(m, 10, (784,), EMCLConfig(glances=g, memory_size=200, reference=True)),
+    "EMCL fused, inner loop on the 10 incoming": lambda m, g: EMCL(
+        m, 10, (784,), EMCLConfig(glances=g, memory_size=200, inner_replay=False)),
     "La-MAML first order": lambda m, g: LaMAML(m, 10, (784,), LaMAMLConfig(glances=g, second_order=False)),
     "La-MAML second order": lambda m, g: LaMAML(m, 10, (784,), LaMAMLConfig(glances=g)),
     "ER (reservoir, 1 step)": lambda m, g: _ReplayER(m, 10, (784,), LaMAMLConfig(glances=1)),

@@ -46,27 +46,29 @@ def _plain(cls, cfg_cls, **fixed):
     return make, cfg_cls
 
 
-#: Table II settings of the replay meta-learners that differ on Many Permutations (memory 500).
+#: Table II settings of the replay meta-learners that differ on Many Permutations (La-MAML: memory
+#: 500; EMCL has no memory in Algorithm 1: its replay variant takes the memory of :data:`_EMCL_REPLAY`).
 _MANY_PERMUTATIONS = {
     LaMAML: {"memory_size": 500, "alpha0": 0.1, "eta": 0.1},
-    EMCL: {"memory_size": 500, "alpha0": 0.15, "beta": 0.03, "gamma": 0.1, "r": 0.02},
+    EMCL: {"alpha0": 0.15, "beta": 0.03, "gamma": 0.1, "r": 0.02},
 }
 
-#: The pre-v2 reading of EMCL (capped Eq. 8, importance normalised per tensor, r = 1/(alpha0*lambda))
-#: that the ablation learners keep: under the default reading (Eq. 13 verbatim) the importance is
-#: too small for the regulariser to act, and the "lr" ablation would use the rates alpha0*r/h
-#: (~1e3) as inner rates. Any field can still be overridden with --set.
-EMCL_V1 = {"lr_mode": "stabilised", "importance_norm": True}
+#: ``emcl-replay``: the reservoir of La-MAML's Table II (200 examples; 500 on Many Permutations).
+_EMCL_REPLAY = {"permuted-mnist": 200, "many-permutations": 500}
 
 
-def _emcl_ablation(variant: str):
-    make_default, cfg_cls = _reservoir(EMCL, EMCLConfig, variant=variant, **EMCL_V1)
+def _emcl(**fixed):
+    """EMCL and its Table IV / Fig. 3 ablations, all in the reading of the default ``emcl``
+    (Algorithm 1: no memory unless ``memory_size`` is set; only ``fixed`` differs)."""
+    return _reservoir(EMCL, EMCLConfig, **fixed)
+
+
+def _emcl_replay():
+    make_default, cfg_cls = _emcl()
 
     def make(model, stream, memory, overrides):
-        paper = _MANY_PERMUTATIONS[EMCL] if stream.name == "many-permutations" else {}
-        alpha0 = overrides.get("alpha0", paper.get("alpha0", EMCLConfig.alpha0))
-        lam = overrides.get("lam", paper.get("lam", EMCLConfig.lam))
-        return make_default(model, stream, memory, {"r": 1.0 / (alpha0 * lam), **overrides})
+        size = _EMCL_REPLAY.get(stream.name, _EMCL_REPLAY["permuted-mnist"])
+        return make_default(model, stream, memory, {"memory_size": size, **overrides})
     return make, cfg_cls
 
 
@@ -97,10 +99,11 @@ LEARNERS: dict[str, tuple[Callable, type]] = {
     "multitask": _plain(Multitask, OracleConfig),
     "lamaml": _reservoir(LaMAML, LaMAMLConfig),
     "lamaml-fo": _reservoir(LaMAML, LaMAMLConfig, second_order=False),
-    "emcl": _reservoir(EMCL, EMCLConfig),
-    "emcl-nopgd": _emcl_ablation("nopgd"),  # the ablations keep the pre-v2 reading (EMCL_V1)
-    "emcl-lr": _emcl_ablation("lr"),
-    "emcl-si": _emcl_ablation("si"),
+    "emcl": _emcl(),  # Algorithm 1: inner loop and meta loss on the incoming batch, no memory
+    "emcl-replay": _emcl_replay(),  # + a reservoir replayed in the inner loop and the importance
+    "emcl-nopgd": _emcl(variant="nopgd"),  # Table IV / Fig. 3 ablations of the default emcl
+    "emcl-lr": _emcl(variant="lr"),
+    "emcl-si": _emcl(variant="si"),
 }
 
 
@@ -120,7 +123,8 @@ def mlp_100(stream: Stream) -> torch.nn.Module:
 
 #: learner name -> its default model, for learners whose paper uses another model than HAL's.
 DEFAULT_MODELS: dict[str, Callable[[Stream], torch.nn.Module]] = {
-    name: mlp_100 for name in ("lamaml", "lamaml-fo", "emcl", "emcl-nopgd", "emcl-lr", "emcl-si")}
+    name: mlp_100 for name in (
+        "lamaml", "lamaml-fo", "emcl", "emcl-replay", "emcl-nopgd", "emcl-lr", "emcl-si")}
 
 
 def build_learner(name: str, stream: Stream, memory: int, overrides: dict[str, Any], seed: int,
