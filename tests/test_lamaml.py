@@ -199,3 +199,14 @@ def test_first_order_by_hand_equals_autograd(meta_loss):
         states.append(_train(learner, s))
     for a, b in zip(*states):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_the_cli_sets_either_reading():
+    from fastcl.experiments import LEARNERS, parse_overrides
+
+    for name in ("lamaml", "lamaml-fo"):
+        _, cfg_cls = LEARNERS[name]
+        assert cfg_cls is LaMAMLConfig
+        assert parse_overrides(["meta_loss=last"], cfg_cls) == {"meta_loss": "last"}
+    with pytest.raises(ValueError, match="meta_loss"):
+        LaMAMLConfig(**parse_overrides(["meta_loss=sum"], LaMAMLConfig))
