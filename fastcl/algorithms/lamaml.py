@@ -1,26 +1,32 @@
 """La-MAML: look-ahead meta-learning with learnable per-parameter learning rates.
 
-Gupta, Yadav and Paull, 2020; the baseline EMCL starts from (EMCL Sec. III-C, Table II). For every
-incoming batch ``b`` (10 examples) and each of ``glances`` consecutive meta-updates:
+Gupta, Yadav and Paull, 2020; the baseline EMCL starts from (EMCL Sec. III-C, Table II), whose
+La-MAML code EMCL adopted from the authors' repository (github.com/montrealrobotics/La-MAML,
+``model/lamaml.py``; EMCL footnote 2). For every incoming batch ``b`` (10 examples) and each of
+``glances`` consecutive meta-updates:
 
 1. draw a replay batch from the reservoir memory; the meta batch is ``b`` joined with it;
 2. inner loop: one step per single example of ``b``,
    ``theta_{i+1} = theta_i - relu(alpha) * grad l(theta_i; b[i])``, starting from ``theta_0``;
-3. meta loss ``L_t(theta_k)``: the loss of the meta batch at the fast weights ``theta_k``
-   (EMCL Eq. 5: the loss after the whole inner trajectory);
+3. meta loss: ``meta_loss="prefix"`` (default, the authors' code) the mean over the inner-step
+   prefixes, ``(1/k) sum_{i=1..k} L_t(theta_i)``, a meta loss after every inner step;
+   ``meta_loss="last"`` the loss once at the fast weights ``theta_k`` (EMCL Eq. 5 read literally:
+   ``L_t(U_k(theta_0, S_k))``). ``L_t`` is the mean cross-entropy of the meta batch;
 4. meta update: ``alpha <- alpha - eta * clip(dL/dalpha)`` first, then
-   ``theta_0 <- theta_0 - relu(alpha) * clip(dL/dtheta_0)`` with the *updated* rates.
+   ``theta_0 <- theta_0 - relu(alpha) * clip(dL/dtheta_0)`` with the *updated* rates (the
+   authors' code: ``opt_lr.step()``, then ``p - p.grad * relu(alpha_lr)``).
 
 ``second_order=True`` back-propagates through the inner gradients (the Hessian-vector products
-of MAML); ``second_order=False`` treats them as constants (first-order La-MAML); both give the
-rates their gradient through the inner trajectory. After the glances the batch is offered to the
-reservoir.
+of MAML); ``second_order=False`` treats them as constants (first-order La-MAML, what the authors'
+MNIST runs use: ``run_experiments.sh`` passes no ``--second_order``); both give the rates their
+gradient through the inner trajectory. After the glances the batch is offered to the reservoir.
 
-Differences from the public La-MAML code, on purpose: no inner-gradient clamp (the public code
-computes one and discards the result); the meta loss is taken once at the end of the inner loop,
-as in the paper's objective (the public code sums a meta loss after every inner step); the
-inner steps build no per-example loss objects beyond the one they need, and the MLP forward runs
-on the fast weights without ``functional_call``.
+Other differences from the authors' code (see the README's EMCL / La-MAML section for the list):
+no inner-gradient clamp (the public code computes one and discards the result, so the step is
+the same); the batch joins the reservoir after its glances, not during the first one; the inner
+loop keeps the batch's order at every glance (the public code re-shuffles it); the inner steps
+build no per-example loss objects beyond the one they need, and the MLP forward runs on the fast
+weights without ``functional_call``.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from torch import Tensor, nn
 from ..memory import ReservoirBuffer
 from .base import LearnerConfig, ModelLearner
 
-__all__ = ["LaMAML", "LaMAMLConfig", "ReplayMetaConfig", "ReplayMetaLearner", "functional_forward"]
+__all__ = ["META_LOSSES", "LaMAML", "LaMAMLConfig", "ReplayMetaConfig", "ReplayMetaLearner", "functional_forward"]
 
 
 @dataclass
@@ -216,6 +222,10 @@ class ReplayMetaLearner(ModelLearner):
             self.memory.load_state_dict(state["memory"])
 
 
+#: the readings of La-MAML's meta loss (see :class:`LaMAMLConfig`)
+META_LOSSES = ("prefix", "last")
+
+
 @dataclass
 class LaMAMLConfig(ReplayMetaConfig):
     """La-MAML hyperparameters (EMCL Table II, MNIST Permutations).
@@ -227,17 +237,23 @@ class LaMAMLConfig(ReplayMetaConfig):
         second_order: back-propagate through the inner gradients (La-MAML); False: first order.
         grad_clip: gradient-norm clip of the meta gradients (theta and alpha clipped separately,
             as the public code); 0 disables it.
+        meta_loss: ``"prefix"`` (default, the authors' code): the meta loss is the mean of the
+            meta-batch loss after each inner step, ``(1/k) sum_i L_t(theta_i)``; ``"last"``: once
+            at ``theta_k`` (EMCL Eq. 5 read literally; fastcl's default before issue 12).
     """
 
     alpha0: float = 0.3
     eta: float = 0.15
     second_order: bool = True
     grad_clip: float = 2.0
+    meta_loss: str = "prefix"
     lr: float = 0.0  # unused: the rates alpha are the learning rates
 
     def __post_init__(self):
         super().__post_init__()
         _check_positive(self, "alpha0", "eta", "grad_clip")
+        if self.meta_loss not in META_LOSSES:
+            raise ValueError(f"meta_loss must be one of {', '.join(META_LOSSES)}, got {self.meta_loss!r}")
 
 
 def _clip_(grads: list[Tensor], max_norm: float) -> None:
@@ -268,21 +284,39 @@ class LaMAML(ReplayMetaLearner):
         return F.cross_entropy(self.mask_logits(out, tasks), y)
 
     def _meta_grads_first_order(self, x, y, task, bx, by, btasks):
-        """First-order meta gradients without a graph: with the inner gradients g_i constant,
-        ``dL/dtheta_0 = G := grad L(theta_k)`` and ``dL/dalpha = -(sum_i g_i) * G * [alpha > 0]``."""
+        """First-order meta gradients without a graph. With the inner gradients g_i constant,
+        ``theta_i = theta_0 - relu(alpha) * S_i``, ``S_i = sum_{j<=i} g_j``; with
+        ``G_i = grad L(theta_i)`` and the meta loss ``(1/k) sum_i L(theta_i)`` (``"prefix"``):
+        ``dL/dtheta_0 = (1/k) sum_i G_i`` and ``dL/dalpha = -(1/k) sum_i S_i * G_i * [alpha > 0]``;
+        ``"last"``: the same with the one term ``i = k``."""
         rates = [a.clamp(min=0) for a in self.alpha]
         fast = [p.detach() for p in self.params]
-        total: Optional[list[Tensor]] = None
+        prefix = self.config.meta_loss == "prefix"
         mask = self.mask_table
-        for i in range(x.shape[0]):
-            _, g = mlp_grads(self.model, fast, x[i:i + 1], y[i:i + 1], None if mask is None else mask[task],
-                             need_loss=False)
+        inner_mask = None if mask is None else mask[task]
+        meta_mask = None if mask is None else mask[btasks]
+        total: Optional[list[Tensor]] = None  # S_i
+        loss_sum, g_theta, g_alpha = 0.0, None, None
+        k = x.shape[0]
+        for i in range(k):
+            _, g = mlp_grads(self.model, fast, x[i:i + 1], y[i:i + 1], inner_mask, need_loss=False)
             fast = torch._foreach_sub(fast, torch._foreach_mul(rates, g))
             total = g if total is None else torch._foreach_add(total, g)
-        loss, g_theta = mlp_grads(self.model, fast, bx, by, None if mask is None else mask[btasks])
-        g_alpha = torch._foreach_mul(total, g_theta) if total is not None else [torch.zeros_like(a) for a in rates]
+            if prefix or i == k - 1:
+                loss, g_i = mlp_grads(self.model, fast, bx, by, meta_mask)
+                loss_sum = loss_sum + loss
+                sg = torch._foreach_mul(total, g_i)
+                if g_theta is None:
+                    g_theta, g_alpha = g_i, sg
+                else:
+                    torch._foreach_add_(g_theta, g_i)
+                    torch._foreach_add_(g_alpha, sg)
+        n = k if prefix else 1
+        if n > 1:
+            torch._foreach_div_(g_theta, n)
+            torch._foreach_div_(g_alpha, n)
         torch._foreach_mul_(g_alpha, [(a > 0).to(a.dtype).neg_() for a in self.alpha])
-        return loss, g_theta, g_alpha
+        return loss_sum / n, g_theta, g_alpha
 
     def meta_update(self, x, y, task, bx, by, btasks) -> float:
         if self.by_hand and not self.config.second_order:
@@ -290,14 +324,18 @@ class LaMAML(ReplayMetaLearner):
             self._apply(g_theta, g_alpha)
             return float(meta_loss)
         second = self.config.second_order
+        prefix = self.config.meta_loss == "prefix"
         alpha = [a.detach().requires_grad_(True) for a in self.alpha]
         rates = [F.relu(a) for a in alpha]
         fast: list[Tensor] = list(self.params)
+        losses: list[Tensor] = []
         for i in range(x.shape[0]):  # sequential by definition: step i starts where step i-1 ended
             loss_i = self._fast_loss(fast, x[i:i + 1], y[i:i + 1], task)
             grads = torch.autograd.grad(loss_i, fast, create_graph=second)
             fast = [w - r * g for w, r, g in zip(fast, rates, grads)]
-        meta_loss = self._fast_loss(fast, bx, by, btasks)
+            if prefix:  # the authors' code: a meta loss after every inner step, averaged
+                losses.append(self._fast_loss(fast, bx, by, btasks))
+        meta_loss = torch.stack(losses).mean() if prefix else self._fast_loss(fast, bx, by, btasks)
         grads = torch.autograd.grad(meta_loss, self.params + alpha)
         self._apply(list(grads[:len(self.params)]), list(grads[len(self.params):]))
         return float(meta_loss.detach())
