@@ -384,7 +384,10 @@ def test_sigint_prints_one_line_keeps_the_checkpoint_and_exits_130(tmp_path):
     out = tmp_path / "x"
     proc = subprocess.Popen([sys.executable, "-m", "fastcl.cli", "run", "er-ring", "--tasks", "60", "--per-task", "20",
                              "--data", str(data), "--out", str(out), "--no-progress", "--no-plots", "--threads", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                            # a test run before this one may leave SIGINT ignored in this process (a child
+                            # inherits SIG_IGN, and Python then installs no KeyboardInterrupt handler)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     ck = out / "checkpoint-er-ring-seed0.pt"
     try:
         while not ck.exists() and proc.poll() is None:
