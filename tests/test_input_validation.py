@@ -400,7 +400,8 @@ def test_every_learner_treats_an_empty_batch_as_a_no_op(name):
     memory = getattr(learner, "memory", None)
     size = None if memory is None else len(memory)
     learner.observe(torch.zeros(0, 784), torch.zeros(0, dtype=torch.int64), 0)
-    assert all(torch.equal(a, b) for a, b in zip(before, learner.model.parameters()))
+    # bitwise the same (NaN where it was NaN: emcl-lr diverges at its first batch in the default reading)
+    assert all(torch.allclose(a, b, rtol=0, atol=0, equal_nan=True) for a, b in zip(before, learner.model.parameters()))
     assert (None if memory is None else len(memory)) == size
     learner.observe(stream[0].x_train[10:20], stream[0].y_train[10:20], 0)  # and it still learns after
     assert not all(torch.equal(a, b) for a, b in zip(before, learner.model.parameters())) or name == "multitask"
