@@ -40,7 +40,7 @@ from . import rundir
 from .algorithms.cts import CTS, CTSAccurate, CTSConfig, approximation_error, inner_update_
 from .algorithms.reptile import Reptile
 from .finite import FiniteGuard
-from .data.cts_tasks import C0, C2, IMAGE_TASKS, SYNTHETIC_FORMS, SmallConvNet, adapt_points, image_tasks, synthetic2d
+from .data.cts_tasks import AUTHORS_ANGLES, C0, C2, IMAGE_TASKS, SYNTHETIC_FORMS, SmallConvNet, adapt_points, image_tasks, synthetic2d
 
 NAMES = ("reptile", "cts", "cts-accurate", "cts-noshift", "mtl-pretrain", "scratch-init", "cts-error")
 FAMILIES = ("synthetic2d", "images")
@@ -66,6 +66,9 @@ def add_run_arguments(g) -> None:
                    help="synthetic2d: the initial phi 'x,y' (default -5,5; --cts-start=-5,5), several "
                         "separated by ';' ('-5,5;15,5'), or 'grid': the authors' nine starts {-5,5,15}^2; "
                         "results are means over the starts")
+    g.add_argument("--cts-angles", choices=("seed", "authors"), default="seed",
+                   help="synthetic2d: task rotations drawn from the seed (default) or the authors' env.npz "
+                        "ones (8 tasks; the seeds then repeat one deterministic run)")
     g.add_argument("--cts-coeffs", default=f"{C0!r},{C2!r}",
                    help="synthetic2d: c0,c2 of the scaled loss (default the authors' env.npz values "
                         "0.7384512...,0.9954126...; '0.738,0.995' are the rounded ones of fastcl <= 0.x)")
@@ -123,6 +126,8 @@ def check_run_args(args, learners: Sequence[str]) -> None:
     """The checks of ``fastcl run`` for this family's options that a minimum cannot express."""
     start_points(args.cts_start)
     coeffs(args.cts_coeffs)
+    if args.cts_angles == "authors" and _given(args.tasks, 8) != len(AUTHORS_ANGLES):
+        raise ValueError(f"--cts-angles authors has {len(AUTHORS_ANGLES)} tasks, got --tasks {args.tasks}")
 
 
 def _overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -153,7 +158,9 @@ def _guard(name: str, seed: int, args) -> FiniteGuard:
 
 # ------------------------------------------------------------------------------ synthetic 2D
 def _family(args, seed: int):
-    return synthetic2d(_given(args.tasks, 8), seed=seed, form=args.cts_form, coeffs=coeffs(args.cts_coeffs))
+    angles = AUTHORS_ANGLES if getattr(args, "cts_angles", "seed") == "authors" else None
+    return synthetic2d(_given(args.tasks, 8), seed=seed, form=args.cts_form, coeffs=coeffs(args.cts_coeffs),
+                       angles=angles)
 
 
 def _synthetic_one(name: str, seed: int, cfg: CTSConfig, args, distributed: bool = False) -> dict[str, Any]:
@@ -451,7 +458,7 @@ def _fingerprint(name: str, family: str, cfg: CTSConfig, args, seed: int, data_i
     """What defines one (learner, seed) run of this family (stored with its record)."""
     if family == "synthetic2d":
         opts = dict(tasks=args.tasks or 8, cts_form=args.cts_form, cts_start=args.cts_start,
-                    cts_eval_every=args.cts_eval_every, cts_coeffs=coeffs(args.cts_coeffs))
+                    cts_eval_every=args.cts_eval_every, cts_coeffs=coeffs(args.cts_coeffs), cts_angles=args.cts_angles)
     else:
         opts = dict(cts_train=args.cts_train, cts_test=args.cts_test, cts_per_task=args.cts_per_task,
                     cts_test_train=args.cts_test_train, **data_id)

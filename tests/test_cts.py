@@ -331,3 +331,18 @@ def test_optimizer_reset_between_repetitions(cls):
         learner = cls(x0, loss, 1, CTSConfig(**base, reset_optimizer=reset))
         learner.run(batch_fn)
         assert learner.phi["x"].item() == pytest.approx(expect, abs=1e-14)
+
+
+def test_authors_angles_reproduce_the_reptile_divergence_of_the_rounded_constants():
+    """With the rotations of the authors' env.npz, Reptile's first inner loop from (-5, -5)
+    diverges under the rounded 0.738 / 0.995 and stays finite under the exact constants."""
+    from fastcl.data.cts_tasks import AUTHORS_ANGLES
+
+    for coeffs, finite in [((C0, C2), True), (ROUNDED_COEFFS, False)]:
+        fam = synthetic2d(8, coeffs=coeffs, angles=AUTHORS_ANGLES)
+        assert torch.equal(fam.angles, torch.tensor(AUTHORS_ANGLES, dtype=torch.float64))
+        r = Reptile({"x": torch.tensor([-5.0, -5.0], dtype=torch.float64)}, fam.loss, 8, CTSConfig(repetitions=1))
+        r.run(fam.batch_fn)
+        assert bool(torch.isfinite(r.phi["x"]).all()) is finite
+    with pytest.raises(ValueError, match="angles"):
+        synthetic2d(4, angles=AUTHORS_ANGLES)

@@ -57,6 +57,7 @@ def test_run_images_family(tmp_path, data_dir, capsys):
     (["cts", "--cts-coeffs", "0.7"], "--cts-coeffs"),
     (["cts", "--cts-coeffs=0.7,-1"], "--cts-coeffs"),
     (["cts", "--cts-start=1,2;3"], "--cts-start"),
+    (["cts", "--cts-angles", "authors", "--tasks", "4"], "--cts-angles"),
 ])
 def test_run_errors(tmp_path, capsys, argv, match):
     assert main(["run", *argv, "--out", str(tmp_path), "--no-progress"]) == 2
@@ -78,3 +79,7 @@ def test_run_synthetic2d_several_starts_and_coeffs(tmp_path, capsys):
     assert main([*argv, "--out", str(out2), "--cts-coeffs", "0.738,0.995"]) == 0
     run2 = json.loads((out2 / "results.json").read_text())["learners"]["reptile"]["runs"][0]
     assert run2["final_adam"] != run["final_adam"]
+    out3 = tmp_path / "authors"
+    assert main([*argv, "--out", str(out3), "--cts-angles", "authors"]) == 0
+    run3 = json.loads((out3 / "results.json").read_text())["learners"]["reptile"]["runs"][0]
+    assert run3["final_adam"] != run["final_adam"]

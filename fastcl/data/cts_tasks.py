@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from . import sources
 
-__all__ = ["Synthetic2D", "synthetic2d", "SYNTHETIC_FORMS", "C0", "C2", "ROUNDED_COEFFS", "ImageTasks", "image_tasks",
+__all__ = ["Synthetic2D", "synthetic2d", "SYNTHETIC_FORMS", "C0", "C2", "ROUNDED_COEFFS", "AUTHORS_ANGLES", "ImageTasks", "image_tasks",
            "IMAGE_TASKS", "SmallConvNet", "adapt_points"]
 
 #: coefficients (c0, c2) of the authors' scaled Himmelblau: ``coeff[0]``, ``coeff[2]`` of
@@ -27,6 +27,10 @@ __all__ = ["Synthetic2D", "synthetic2d", "SYNTHETIC_FORMS", "C0", "C2", "ROUNDED
 #: ``coeffs=ROUNDED_COEFFS`` to get them back.
 C0, C2 = 0.7384512135082113, 0.9954126045755818
 ROUNDED_COEFFS = (0.738, 0.995)
+#: the eight task rotations of the authors' ``synthetic/env.npz`` (``angles``), for
+#: ``synthetic2d(8, angles=AUTHORS_ANGLES)`` (``--cts-angles authors``)
+AUTHORS_ANGLES = (0.9192431493036517, 1.115065426203848, 4.415228705528784, 5.9905628979208485,
+                  3.9030251182851323, 4.017727223291247, 3.1372847487749387, 0.28030319393389896)
 #: ``"scaled"``: the authors' code (default); ``"printed"``: the formula as printed in Sec. 4.1
 SYNTHETIC_FORMS = ("scaled", "printed")
 
@@ -94,8 +98,9 @@ class Synthetic2D:
 
 
 def synthetic2d(num_tasks: int = 8, seed: int = 0, form: str = "scaled", dtype=torch.float64,
-                coeffs: tuple[float, float] = (C0, C2)) -> Synthetic2D:
-    """The family of Sec. 4.1 with ``num_tasks`` targets and random rotations drawn from ``seed``;
+                coeffs: tuple[float, float] = (C0, C2), angles: Optional[Sequence[float]] = None) -> Synthetic2D:
+    """The family of Sec. 4.1 with ``num_tasks`` targets and random rotations drawn from ``seed``
+    (or the given ``angles``, e.g. :data:`AUTHORS_ANGLES`; ``seed`` is then unused);
     ``coeffs``: (c0, c2) of the scaled form (default the authors' exact values)."""
     if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
         raise ValueError(f"num_tasks must be an int >= 1, got {num_tasks!r}")
@@ -107,8 +112,14 @@ def synthetic2d(num_tasks: int = 8, seed: int = 0, form: str = "scaled", dtype=t
         coeffs = None
     if coeffs is None or len(coeffs) != 2 or not all(math.isfinite(c) and c > 0 for c in coeffs):
         raise ValueError(f"coeffs must be two finite numbers > 0 (c0, c2), got {coeffs!r}")
-    g = torch.Generator().manual_seed(int(seed))
-    angles = (torch.rand(num_tasks, generator=g, dtype=torch.float64) * 2 * math.pi).to(dtype)
+    if angles is None:
+        g = torch.Generator().manual_seed(int(seed))
+        angles = (torch.rand(num_tasks, generator=g, dtype=torch.float64) * 2 * math.pi).to(dtype)
+    else:
+        angles = torch.as_tensor(angles, dtype=torch.float64).flatten()
+        if angles.shape != (num_tasks,) or not bool(torch.isfinite(angles).all()):
+            raise ValueError(f"angles must be {num_tasks} finite numbers (one per task), got {tuple(angles.shape)}")
+        angles = angles.to(dtype)
     t = torch.arange(num_tasks, dtype=torch.float64) * 2 * math.pi / num_tasks
     targets = (7 * torch.stack([torch.sin(t), torch.cos(t)], -1) + 5).to(dtype)
     return Synthetic2D(angles, targets, form, coeffs)
