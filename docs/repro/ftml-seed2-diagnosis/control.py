@@ -12,9 +12,8 @@ import torch.nn.functional as F
 from fastcl.algorithms.ftml import FTMLConfig, TrainOnEverything
 from fastcl.data.rainbow import RainbowMNIST
 from fastcl.models import ConvNet
-from fastcl.online_experiments import DEFAULT_ARRIVALS, _accuracy, arrival_grid
+from fastcl.online_experiments import DEFAULT_ARRIVALS, arrival_grid
 
-sys.path.insert(0, "docs/repro/ftml-seed2-diagnosis")
 torch.set_num_threads(1)
 SEED = 2
 stream = RainbowMNIST(10, 900, seed=SEED)
