@@ -9,14 +9,18 @@ The learners of the CTS paper behind ``fastcl run``:
     fastcl run cts-error                                   # approximation error vs alpha, beta, k
 
 Synthetic 2D (Sec. 4.1): T = 8 tasks (``--tasks``), K = 100 (``--inner-steps``), M = 3
-(``--iterations``), alpha 0.05, beta 0.1, SGD momentum 0.9 (``--set key=value`` overrides any
+(``--iterations``), alpha 0.05, beta 0.1, SGD momentum 0.9 re-created at every repetition (the
+authors' ``synthetic/algorithm.py``), the authors' constants c0, c2 (``--cts-coeffs``), rotations
+from the seed or the authors' ``env.npz`` (``--cts-angles``), one or several starts
+(``--cts-start``, ``grid``: the authors' nine) (``--set key=value`` overrides any
 :class:`~fastcl.algorithms.cts.CTSConfig` field). The meta-test is the task-average loss after
 ``--cts-test-steps`` inner steps from phi, with Adam and with SGD-momentum (both lr alpha),
 recorded along meta-training against cumulative inner steps per task. Writes results.json,
 results.csv, trajectories.png (phi over the Adam meta-test landscape, Fig. 5) and metatest.png.
 
 Images: meta-train on heterogeneous 10-way tasks with their own heads (``--cts-train``), meta-test
-by fine-tuning on held-out ones (``--cts-test``); ``mtl-pretrain`` is multi-task pre-training (shared trunk,
+by fine-tuning on held-out ones (``--cts-test``), beta from supp. Table 3 at K = 100 (Reptile 2,
+CTS 0.1), the optimizer state kept across repetitions (supp. C.2); ``mtl-pretrain`` is multi-task pre-training (shared trunk,
 one head per task, the same number of steps) and ``scratch-init`` a random initialization.
 
 Every finished (learner, seed) run is kept as ``LEARNER-seedS.json`` (checksummed, with the run's
