@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 from fastcl.algorithms import CTS, CTSAccurate, CTSConfig, Reptile
 from fastcl.algorithms.cts import approximation_error, shard
-from fastcl.data.cts_tasks import C0, synthetic2d, synthetic2d_loss
+from fastcl.data.cts_tasks import C0, C2, ROUNDED_COEFFS, synthetic2d, synthetic2d_loss
 
 T, D, H = 3, 4, 5
 
@@ -40,8 +40,9 @@ def _cfg(**kw):
     return CTSConfig(**base)
 
 
-def test_cts_steps_equal_algorithm_2_written_out():
-    cfg = _cfg()
+@pytest.mark.parametrize("reset", [True, False])
+def test_cts_steps_equal_algorithm_2_written_out(reset):
+    cfg = _cfg(reset_optimizer=reset)
     learner = CTS(_mlp_params(), _mlp_loss, T, cfg, heads=["head"])
     for _ in range(5):  # crosses a repetition boundary (K = 3)
         learner.step(_batch_fn)
@@ -53,6 +54,8 @@ def test_cts_steps_equal_algorithm_2_written_out():
     for m in range(cfg.repetitions):
         for t in range(T):
             theta[t].update({n: phi[n].clone() for n in phi})
+        if reset:  # the authors' synthetic code: new inner optimizers at every repetition
+            buf = [None] * T
         for k in range(1, cfg.inner_steps + 1):
             if step == 5:
                 break
@@ -261,7 +264,7 @@ def test_synthetic2d_family():
         xp = fam.targets[t] + rot_t @ torch.tensor([3.0, 2.0], dtype=torch.float64)
         assert synthetic2d_loss(xp, a, fam.targets[t], "printed") < 1e-20
     # at the target (u = 0) the scaled form is c0 * 121 + c2 * 49
-    assert synthetic2d_loss(fam.targets[0], fam.angles[0], fam.targets[0]).item() == pytest.approx(C0 * 121 + 0.995 * 49)
+    assert synthetic2d_loss(fam.targets[0], fam.angles[0], fam.targets[0]).item() == pytest.approx(C0 * 121 + C2 * 49)
     with pytest.raises(ValueError, match="form"):
         synthetic2d(8, form="nope")
 
@@ -286,3 +289,60 @@ def test_benchmark_baseline_is_the_same_algorithm():
 
     r = end_to_end(num_tasks=3, steps=1, repeats=1, sizes=(6, 5, 3), batch=4)
     assert r["fastcl_s"] > 0 and r["modules_s"] > 0
+
+
+def test_synthetic2d_uses_the_authors_exact_coefficients():
+    """c0, c2 are coeff[0], coeff[2] of the authors' synthetic/env.npz (0.7384512..., 0.9954126...),
+    not the rounded 0.738 / 0.995; ``coeffs`` sets them."""
+    assert C0 == pytest.approx(0.7384512135, abs=1e-10) and C2 == pytest.approx(0.9954126046, abs=1e-10)
+    fam = synthetic2d(8, seed=0)
+    assert fam.coeffs == (C0, C2)
+    # hand-computed first SGD step from a target with angle 0: u = 0, so
+    # df/du = (2 c2 (0 + 0 - 7), 2 c0 (0 + 0 - 11)) = (-14 c2, -22 c0), df/dx = df/du / 3
+    target = torch.tensor([5.0, 12.0], dtype=torch.float64)
+    for c in [(C0, C2), ROUNDED_COEFFS, (2.0, 3.0)]:
+        x = target.clone().requires_grad_(True)
+        f = synthetic2d_loss(x, torch.tensor(0.0, dtype=torch.float64), target, coeffs=c)
+        assert f.item() == pytest.approx(121 * c[0] + 49 * c[1], rel=1e-14)
+        (g,) = torch.autograd.grad(f, [x])
+        step = target - 0.05 * g
+        expect = target + 0.05 * torch.tensor([14 * c[1] / 3, 22 * c[0] / 3], dtype=torch.float64)
+        assert torch.allclose(step, expect, rtol=0, atol=1e-13)
+    rounded = synthetic2d(8, seed=0, coeffs=ROUNDED_COEFFS)
+    x = torch.tensor([[-5.0, -5.0]], dtype=torch.float64)
+    assert not torch.allclose(rounded.task_losses(x), fam.task_losses(x))
+    for bad in [(0.7,), (0.7, float("nan")), (0.7, -1.0), "ab"]:
+        with pytest.raises(ValueError, match="coeffs"):
+            synthetic2d(8, coeffs=bad)
+
+
+@pytest.mark.parametrize("cls", [Reptile, CTS, CTSAccurate])
+def test_optimizer_reset_between_repetitions(cls):
+    """Default (the authors' synthetic code): new inner optimizers at every repetition.
+    Hand-computed with one task, L(x) = (x - 1)^2 / 2, phi0 = 0, K = 1, alpha 0.1, mu 0.9, beta 1:
+    repetition 1: g = -1, b = -1, theta = 0.1, phi = 0.1; repetition 2 from 0.1: g = -0.9 and
+    with the reset b = -0.9, theta = phi = 0.19; without it b = 0.9 (-1) - 0.9 = -1.8, 0.28."""
+    loss = lambda p, b: 0.5 * (p["x"] - 1.0).pow(2).sum()
+    batch_fn = lambda m, k, tasks: torch.zeros(len(tasks))
+    base = dict(inner_lr=0.1, meta_lr=1.0, inner_steps=1, repetitions=2, optimizer="momentum", momentum=0.9)
+    assert CTSConfig().reset_optimizer is True
+    for reset, expect in [(True, 0.19), (False, 0.28)]:
+        x0 = {"x": torch.zeros(1, dtype=torch.float64)}
+        learner = cls(x0, loss, 1, CTSConfig(**base, reset_optimizer=reset))
+        learner.run(batch_fn)
+        assert learner.phi["x"].item() == pytest.approx(expect, abs=1e-14)
+
+
+def test_authors_angles_reproduce_the_reptile_divergence_of_the_rounded_constants():
+    """With the rotations of the authors' env.npz, Reptile's first inner loop from (-5, -5)
+    diverges under the rounded 0.738 / 0.995 and stays finite under the exact constants."""
+    from fastcl.data.cts_tasks import AUTHORS_ANGLES
+
+    for coeffs, finite in [((C0, C2), True), (ROUNDED_COEFFS, False)]:
+        fam = synthetic2d(8, coeffs=coeffs, angles=AUTHORS_ANGLES)
+        assert torch.equal(fam.angles, torch.tensor(AUTHORS_ANGLES, dtype=torch.float64))
+        r = Reptile({"x": torch.tensor([-5.0, -5.0], dtype=torch.float64)}, fam.loss, 8, CTSConfig(repetitions=1))
+        r.run(fam.batch_fn)
+        assert bool(torch.isfinite(r.phi["x"]).all()) is finite
+    with pytest.raises(ValueError, match="angles"):
+        synthetic2d(4, angles=AUTHORS_ANGLES)

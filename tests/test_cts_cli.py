@@ -19,6 +19,7 @@ def test_run_synthetic2d_writes_results_and_plots(tmp_path, capsys):
     assert r["reptile"]["runs"][0]["meta_steps"] == 2 and r["cts"]["runs"][0]["meta_steps"] == 8
     assert r["cts-accurate"]["runs"][0]["inner_steps"] == 2 * (1 + 2 + 3 + 4)
     assert r["cts-noshift"]["config"]["shift"] is False
+    assert r["cts"]["config"]["reset_optimizer"] is True  # the authors' synthetic code
     assert len(r["cts"]["runs"][0]["phi"]) == 1 + 8
     assert (out / "results.csv").read_text().splitlines()[0].startswith("learner,seed,meta_test_adam")
     for png in ("trajectories.png", "metatest.png"):
@@ -43,7 +44,9 @@ def test_run_images_family(tmp_path, data_dir, capsys):
     assert set(res) == {"reptile", "cts", "mtl-pretrain", "scratch-init"}
     for r in res.values():
         assert 0 <= r["runs"][0]["test_acc"]["mnist-inverted"] <= 1
-    assert res["cts"]["config"]["meta_lr"] == 0.1 and res["reptile"]["config"]["meta_lr"] == 1.0
+    # supp. Table 3 at K = 100: Reptile 2, CTS 0.1; supp. C.2: the optimizer state is kept
+    assert res["cts"]["config"]["meta_lr"] == 0.1 and res["reptile"]["config"]["meta_lr"] == 2.0
+    assert res["cts"]["config"]["reset_optimizer"] is False
     assert (out / "accuracy.png").exists()
 
 
@@ -51,7 +54,32 @@ def test_run_images_family(tmp_path, data_dir, capsys):
     (["mtl-pretrain", "--family", "synthetic2d"], "images family"),
     (["cts", "--family", "nope"], "--family"),
     (["cts", "--set", "optimizer=rmsprop"], "optimizer"),
+    (["cts", "--cts-coeffs", "0.7"], "--cts-coeffs"),
+    (["cts", "--cts-coeffs=0.7,-1"], "--cts-coeffs"),
+    (["cts", "--cts-start=1,2;3"], "--cts-start"),
+    (["cts", "--cts-angles", "authors", "--tasks", "4"], "--cts-angles"),
 ])
 def test_run_errors(tmp_path, capsys, argv, match):
     assert main(["run", *argv, "--out", str(tmp_path), "--no-progress"]) == 2
     assert match in capsys.readouterr().err
+
+
+def test_run_synthetic2d_several_starts_and_coeffs(tmp_path, capsys):
+    """--cts-start grid runs the authors' nine starts; the record keeps each and averages them;
+    --cts-coeffs changes the loss (and the fingerprint)."""
+    out = tmp_path / "grid"
+    argv = ["run", "reptile", "--family", "synthetic2d", "--inner-steps", "2", "--iterations", "1",
+            "--cts-test-steps", "3", "--cts-start", "grid", "--no-progress", "--no-plots"]
+    assert main([*argv, "--out", str(out)]) == 0
+    run = json.loads((out / "results.json").read_text())["learners"]["reptile"]["runs"][0]
+    assert len(run["starts"]) == 9
+    assert [s["phi"][0] for s in run["starts"]] == [[x, y] for x in (-5, 5, 15) for y in (-5, 5, 15)]
+    assert run["final_adam"] == pytest.approx(sum(s["final_adam"] for s in run["starts"]) / 9)
+    out2 = tmp_path / "rounded"
+    assert main([*argv, "--out", str(out2), "--cts-coeffs", "0.738,0.995"]) == 0
+    run2 = json.loads((out2 / "results.json").read_text())["learners"]["reptile"]["runs"][0]
+    assert run2["final_adam"] != run["final_adam"]
+    out3 = tmp_path / "authors"
+    assert main([*argv, "--out", str(out3), "--cts-angles", "authors"]) == 0
+    run3 = json.loads((out3 / "results.json").read_text())["learners"]["reptile"]["runs"][0]
+    assert run3["final_adam"] != run["final_adam"]

@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from fastcl.algorithms import FTML, FTMLConfig, FollowTheLeader, FromScratch, TrainOnEverything, sgd_adapt
+from fastcl.algorithms import (FTML, FTMLConfig, FollowTheLeader, FromScratch, FromScratchAdam, TrainOnEverything,
+                               sgd_adapt)
 from fastcl.algorithms.ftml import ONLINE_LEARNERS
 from fastcl.cli import main
 from fastcl.data import RAINBOW_COLOURS, RainbowMNIST, rainbow_transform
@@ -138,13 +139,27 @@ def test_baselines_follow_their_definitions():
     assert all(torch.equal(first[k], v) for k, v in _params(scratch.model).items())
     scratch.observe(x1, y1, 1)  # new task: a fresh initialisation
     assert all(not torch.equal(first[k], v) for k, v in _params(scratch.model).items())
+    # the paper's baseline: no training on arrival, whatever N_meta; the Update-Procedure on D_1
+    # (finetune_steps SGD steps of alpha from the fresh initialisation) is all it learns
     scratch.config.meta_steps = 3
-    scratch.buffer.add(x0, torch.full_like(y0, 9), 0)  # training sees D_1 only: labels of task 0 never show up
-    seen = []
-    orig = scratch.buffer.sample
-    scratch.buffer.sample = lambda k, n, g=None: (seen.append(k), orig(k, n, g))[1]
+    fresh = _params(scratch.model)
     scratch.observe(x1[:2], y1[:2], 1)
-    assert seen == [1, 1, 1] and scratch.updates == 3
+    assert scratch.updates == 0 and all(torch.equal(fresh[k], v) for k, v in _params(scratch.model).items())
+    xd, yd = scratch.buffer.data(1)
+    expect = sgd_adapt(scratch.model, fresh, xd, yd, lr=0.1, steps=1, label_smoothing=0.1)
+    for k, v in scratch.adapt(1).items():
+        torch.testing.assert_close(v, expect[k])
+    # scratch-adam (fastcl's earlier reading): N_meta Adam steps per arrival on D_t alone
+    adam = FromScratchAdam(_tiny_net(), SHAPE, FTMLConfig(meta_steps=0, finetune_steps=1))
+    adam.observe(x0, y0, 0)
+    adam.observe(x1, y1, 1)
+    adam.config.meta_steps = 3
+    adam.buffer.add(x0, torch.full_like(y0, 9), 0)  # training sees D_1 only: labels of task 0 never show up
+    seen = []
+    orig = adam.buffer.sample
+    adam.buffer.sample = lambda k, n, g=None: (seen.append(k), orig(k, n, g))[1]
+    adam.observe(x1[:2], y1[:2], 1)
+    assert seen == [1, 1, 1] and adam.updates == 3
 
 
 @pytest.mark.parametrize("name", sorted(ONLINE_LEARNERS))
@@ -257,7 +272,7 @@ def test_rainbow_transform():
 # ------------------------------------------------------------------------------ fastcl run
 def test_run_command_writes_results_and_plots(tmp_path, data_dir, capsys):
     out = tmp_path / "out"
-    rc = main(["run", "ftml,toe,ftl,scratch", "--stream", "rainbow-mnist", "--tasks", "2", "--per-task", "20",
+    rc = main(["run", "ftml,toe,ftl,scratch,scratch-adam", "--stream", "rainbow-mnist", "--tasks", "2", "--per-task", "20",
                "--arrivals", "10", "--test-per-task", "10", "--data", str(data_dir), "--out", str(out),
                "--no-progress", "--iterations", "1", "--inner-steps", "1", "--shots", "4",
                "--set", "finetune_steps=1", "--seeds", "2"])
@@ -273,7 +288,7 @@ def test_run_command_writes_results_and_plots(tmp_path, data_dir, capsys):
     expect = learning_efficiency(rec["datapoints"], rec["accuracy"], 0.9)
     assert rec["efficiency"] == expect or (math.isnan(expect) and math.isnan(rec["efficiency"]))
     rows = (out / "results.csv").read_text().splitlines()
-    assert rows[0].startswith("learner,seed,task") and len(rows) == 1 + 4 * 2 * 2
+    assert rows[0].startswith("learner,seed,task") and len(rows) == 1 + 5 * 2 * 2
     assert (out / "efficiency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert np.isfinite(r["mean"]["accuracy_final"])
 

@@ -136,7 +136,7 @@ def test_hal_resume_is_exact(tmp_path):
 @pytest.mark.parametrize("kw, match", [
     (dict(lam=-1.0), "lam"), (dict(gamma=-0.1), "gamma"), (dict(beta=1.5), "beta"),
     (dict(k=-1), "k"), (dict(anchors="best"), "anchors"), (dict(input_range=(1.0, 0.0)), "input_range"),
-    (dict(anchor_reduction="max"), "anchor_reduction"),
+    (dict(anchor_reduction="max"), "anchor_reduction"), (dict(anchor_procedure="authors"), "anchor_procedure"),
 ])
 def test_bad_config(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -154,3 +154,93 @@ def test_model_without_feature_extractor():
 
     with pytest.raises(TypeError, match="feature extractor"):
         HAL(Bare(), 4, (20,), HALConfig(num_tasks=2))
+
+
+def _two_tasks(hal, s):
+    for t in range(2):
+        for x, y in s[t].batches(10, torch.Generator().manual_seed(t)):
+            hal.observe(x, y, t)
+        if t == 0:
+            hal.end_task(0)
+
+
+def test_paper_anchor_procedure_is_the_papers_text():
+    """``anchor_procedure="paper"``: e_t <- rand() (GetAnchors l. 7, uniform in the input range),
+    theta_M after ONE epoch of SGD on the memory of previous tasks (every stored example once,
+    shuffled, batches of replay_batch), then Eq. 9 as plain ascent e <- e + alpha * grad
+    (alpha = lr, no clamp), written out here for k = 1."""
+    s = _stream()
+    hal = _hal(s, anchor_procedure="paper", k=1, gamma=0.3, finetune_steps=1000, replay_batch=3)
+    _two_tasks(hal, s)
+    labels = list(range(4))
+    y = torch.tensor(labels)
+    g0 = hal.anchor_generator.get_state()
+    e0 = hal._initial_anchors(1, labels)
+    lo, hi = hal.config.input_range
+    assert e0.min() >= lo and e0.max() <= hi
+    means = hal.class_sum[y] / hal.class_count[y].clamp(min=1).view(-1, 1)
+    assert not torch.allclose(e0, means.clamp(lo, hi))
+    # theta_M: one epoch over the 4 classes x 2 slots of task 0 (8 examples, batches 3, 3, 2)
+    mx, my, mt = hal._stored(1)
+    assert len(my) == 8 and (mt == 0).all()
+    order = torch.randperm(8, generator=hal.anchor_generator)
+    names = [n for n, _ in hal.model.named_parameters()]
+    theta_m = [p.detach().clone() for p in hal.params]
+    steps = 0
+    for i in range(0, 8, 3):
+        idx = order[i:i + 3]
+        ps = [p.clone().requires_grad_(True) for p in theta_m]
+        out = hal.mask_logits(functional_call(hal.model, dict(zip(names, ps)), (mx[idx],)), mt[idx])
+        grads = torch.autograd.grad(F.cross_entropy(out, my[idx]), ps)
+        theta_m = [p - hal.config.lr * g for p, g in zip(theta_m, grads)]
+        steps += 1
+    assert steps == 3  # one epoch, not finetune_steps
+    e = e0.clone().requires_grad_(True)
+    out_m = hal.mask_logits(functional_call(hal.model, dict(zip(names, theta_m)), (e,)), 1)
+    emb = hal.features(e)
+    objective = (F.cross_entropy(out_m, y, reduction="sum")
+                 - F.cross_entropy(hal.mask_logits(hal.head(emb), 1), y, reduction="sum")
+                 - 0.3 * (emb - hal.phi_t).pow(2).sum())
+    (g,) = torch.autograd.grad(objective, e)
+    expect = e0 + hal.config.lr * g
+    hal.anchor_generator.set_state(g0)
+    learned = hal.build_anchors(1)
+    torch.testing.assert_close(learned, expect, rtol=1e-5, atol=1e-6)
+
+
+def test_code_anchor_procedure_is_the_default():
+    """The authors' code: class-mean start, Adam steps clamped to the input range."""
+    s = _stream()
+    hal = _hal(s, k=0)
+    assert hal.config.anchor_procedure == "code"
+    _two_tasks(hal, s)
+    y = torch.arange(4)
+    means = hal.class_sum[y] / hal.class_count[y].clamp(min=1).view(-1, 1)
+    torch.testing.assert_close(hal.build_anchors(1), means.clamp(0.0, 1.0))
+
+
+def test_sum_all_anchor_term_is_eq5_as_printed():
+    """``anchor_reduction="sum-all"``: every past anchor (no sampling) and the sum of the squared
+    logit changes; ``"mean"`` is that sum / (anchors x logits) over the sampled ones."""
+    s = _stream()
+    hal = _hal(s, anchor_reduction="sum-all", anchors_per_step=1, lam=0.5)
+    _two_tasks(hal, s)
+    hal.end_task(1)
+    e, et = hal._anchor_batch(2)
+    assert len(e) == 8 and sorted(et.tolist()) == [0] * 4 + [1] * 4
+    now, tilde = torch.randn(8, 4), torch.randn(8, 4)
+    assert hal._anchor_term(now, tilde).item() == pytest.approx(0.5 * (now - tilde).pow(2).sum().item(), rel=1e-6)
+    hal.config.anchor_reduction = "mean"
+    assert hal._anchor_term(now, tilde).item() == pytest.approx(0.5 * (now - tilde).pow(2).sum().item() / 32,
+                                                                rel=1e-6)
+    assert len(hal._anchor_batch(2)[0]) == 1
+
+
+def test_hal_paper_learner_name():
+    from fastcl.experiments import LEARNERS
+
+    s = _stream()
+    make, _ = LEARNERS["hal-paper"]
+    hal = make(MLP((20, 16, 4)), s, 1, {})
+    assert hal.config.anchor_procedure == "paper" and hal.config.anchors == "hindsight"
+    assert LEARNERS["hal"][0](MLP((20, 16, 4)), s, 1, {}).config.anchor_procedure == "code"

@@ -3,7 +3,7 @@
 from .base import Learner, LearnerConfig, ModelLearner
 from .emcl import EMCL, EMCL_VARIANTS, EMCLConfig
 from .er import ERConfig, ERRing, Finetune, FinetuneConfig
-from .ftml import (FTML, ONLINE_LEARNERS, FollowTheLeader, FromScratch, FTMLConfig, OnlineLearner,
+from .ftml import (FTML, ONLINE_LEARNERS, FollowTheLeader, FromScratch, FromScratchAdam, FTMLConfig, OnlineLearner,
                    TrainOnEverything, sgd_adapt)
 from .hal import ANCHOR_KINDS, HAL, HALConfig
 from .l2f import L2F, L2FConfig
@@ -23,4 +23,5 @@ __all__ = ["Learner", "LearnerConfig", "ModelLearner", "ERConfig", "ERRing", "Fi
            "CTS", "CTSAccurate", "CTSConfig", "TaskLearners", "Reptile",
            "LaMAML", "LaMAMLConfig", "ReplayMetaConfig", "ReplayMetaLearner", "EMCL", "EMCLConfig", "EMCL_VARIANTS",
            "FTML", "FTMLConfig", "OnlineLearner", "TrainOnEverything", "FollowTheLeader", "FromScratch",
+           "FromScratchAdam",
            "sgd_adapt", "ONLINE_LEARNERS", "parse_overrides"]

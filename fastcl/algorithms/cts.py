@@ -55,8 +55,12 @@ class CTSConfig:
         weight_decay: lambda, added to the inner gradient (``g + lambda theta``).
         shift: CTS shifts every trajectory by the meta step (Alg. 2, l. 13); ``False`` is the
             "No Shifting" ablation (Fig. 8). Ignored by Reptile and CTS-Accurate.
-        reset_optimizer: zero the optimizer state when the task learners restart from phi. The
-            paper (supp. C.2) does not reset it, nor the task heads; default False.
+        reset_optimizer: zero the optimizer state when the task learners restart from phi
+            (every repetition). Default True: the authors' synthetic code
+            (``synthetic/algorithm.py``) creates new inner optimizers at every repetition.
+            ``False`` keeps the momentum / Adam moments across repetitions, as supp. C.2 and the
+            authors' image code (``hard_reset=False``) do for the image experiments (the
+            ``images`` family of ``fastcl run`` sets it). Heads are never reset.
         seed: seed of the learner's generator (unused by the deterministic engine, kept for the
             protocol).
     """
@@ -71,7 +75,7 @@ class CTSConfig:
     eps: float = 1e-8
     weight_decay: float = 0.0
     shift: bool = True
-    reset_optimizer: bool = False
+    reset_optimizer: bool = True
     seed: int = 0
 
     def __post_init__(self):

@@ -17,11 +17,27 @@ At the end of a task: a copy of the model is fine-tuned on the memory of previou
 (``theta_M``), then one anchor per class of the task is learned by gradient *ascent* on Eq. 9,
 ``l(f_thetaM(e), y) - l(f_thetat(e), y) - gamma*||phi(e) - phi_t||^2``, and ``phi_t`` is discarded.
 
-Where the paper is silent this follows the authors' public code, as the issue asks: 50
-fine-tuning steps (batches of ``replay_batch`` from memory), anchors optimised with Adam (lr
-1e-3) for ``k = 100`` steps from the running-mean image of their class and clamped to the input
-range, and at most 10 anchors sampled per training step. ``beta`` (the embedding decay) is not
-given in the paper; 0.5 is the value of public HAL implementations.
+How the anchors are built (``anchor_procedure``):
+
+* ``"code"`` (default; the authors' public code, which produced the paper's tables): theta_M is
+  theta after 50 SGD steps (``finetune_steps``, batches of ``replay_batch``) on the memory of
+  the previous tasks; every anchor starts from the mean image of its class in the task and
+  takes ``k = 100`` Adam steps (lr ``anchor_lr`` 1e-3) on the negative of Eq. 9, clamped to
+  the input range after each step.
+* ``"paper"`` (the paper's text): anchors start random (``e_t <- rand()``, GetAnchors l. 7 of
+  Algorithm 1: uniform in ``input_range``); theta_M comes from ONE EPOCH on the memory (Sec. 3,
+  "we minimize the loss during one epoch on the episodic memory", GetAnchors l. 3-5: every
+  stored example of the previous tasks once, shuffled, in batches of ``replay_batch``); Eq. 9
+  is plain gradient ascent ``e <- e + alpha * grad`` with the step alpha (``lr``) for ``k``
+  steps, not clamped.
+
+The anchoring term of Eq. 5 (``anchor_reduction``): ``"mean"`` (default, the public code)
+averages the squared logit changes over at most ``anchors_per_step`` (10) sampled past anchors
+and the task's logits: Eq. 5's lambda divided by (anchors x logits), i.e. about 100x smaller
+than the printed sum over those anchors; ``"sum"`` sums over the sampled anchors and logits;
+``"sum-all"`` is Eq. 5 as printed: the sum over ALL past anchors (t x classes of them at task
+t) and their logits. ``beta`` (the embedding decay) is not given in the paper; 0.5 is the value
+of public HAL implementations.
 """
 
 from __future__ import annotations
@@ -38,10 +54,14 @@ from torch.func import functional_call
 from .. import ops
 from .er import ERConfig, ERRing
 
-__all__ = ["HAL", "HALConfig", "ANCHOR_KINDS"]
+__all__ = ["HAL", "HALConfig", "ANCHOR_KINDS", "ANCHOR_PROCEDURES", "ANCHOR_REDUCTIONS"]
 
 #: How anchors are made: learned in hindsight (HAL), random noise, or a stored example (Table 3).
 ANCHOR_KINDS = ("hindsight", "random", "data")
+#: How hindsight anchors are learned: the authors' public code or the paper's text (module docstring).
+ANCHOR_PROCEDURES = ("code", "paper")
+#: The anchoring term of Eq. 5: mean / sum over the sampled anchors, or the sum over all of them.
+ANCHOR_REDUCTIONS = ("mean", "sum", "sum-all")
 
 
 @dataclass
@@ -54,17 +74,24 @@ class HALConfig(ERConfig):
         gamma: gamma, weight of the mean-embedding term of Eq. 9 (0.1).
         beta: beta, decay of the running mean embedding of Eq. 8 (0.5; not in the paper).
         k: gradient-ascent steps per anchor set (Eq. 9) (100).
-        anchor_lr: Adam learning rate of the anchor ascent (1e-3).
-        finetune_steps: SGD steps of the hindsight fine-tuning on the memory (50).
-        anchors_per_step: anchors sampled for the anchoring term of one step (10).
+        anchor_lr: Adam learning rate of the anchor ascent (1e-3; ``anchor_procedure="code"``).
+        finetune_steps: SGD steps of the hindsight fine-tuning on the memory (50;
+            ``anchor_procedure="code"``; ``"paper"`` takes one epoch on the memory instead).
+        anchors_per_step: anchors sampled for the anchoring term of one step (10; not used by
+            ``anchor_reduction="sum-all"``).
+        anchor_procedure: ``"code"`` (the authors' public code: class-mean start, Adam, clamp,
+            ``finetune_steps`` steps) or ``"paper"`` (random start, ascent with step ``lr``, one
+            epoch on the memory); see the module docstring.
         first_order: the first-order anchoring gradient of Appendix D instead of the exact one.
         anchors: "hindsight" (HAL), "random" (Random-Anchors) or "data" (Data-Anchors).
         input_range: the (low, high) range anchors are kept in.
         anchor_reduction: "mean" (default) averages the squared logit changes over the sampled
-            anchors and the logits, as the public HAL code does; "sum" is Eq. 5 as printed. With
-            the paper's lambda = 0.1 the sum made the exact update diverge here (Permuted MNIST,
-            MLP 256-256: 11% accuracy after 6 tasks), while "mean" beats ER-Ring; lambda with
-            "sum" must be about 100x smaller (10 anchors x 10 logits) to match "mean".
+            anchors and the logits, as the public HAL code does; "sum" sums them over the
+            sampled anchors; "sum-all" is Eq. 5 as printed (the sum over every past anchor).
+            "mean" is Eq. 5 with lambda / (anchors x logits): 100x smaller than "sum" with 10
+            anchors of 10 logits, 10 t x 10 smaller than "sum-all" at task t of 10-class tasks.
+            With the paper's lambda = 0.1 the sum made the exact update diverge here (Permuted
+            MNIST, MLP 256-256: 11% accuracy after 6 tasks), while "mean" beats ER-Ring.
     """
 
     lam: float = 0.1
@@ -78,6 +105,7 @@ class HALConfig(ERConfig):
     anchors: str = "hindsight"
     input_range: tuple[float, float] = (0.0, 1.0)
     anchor_reduction: str = "mean"
+    anchor_procedure: str = "code"
 
     def __post_init__(self):
         super().__post_init__()
@@ -89,8 +117,10 @@ class HALConfig(ERConfig):
         for name in ("k", "finetune_steps", "anchors_per_step"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.anchor_reduction not in ("mean", "sum"):
-            raise ValueError(f"anchor_reduction must be 'mean' or 'sum', got {self.anchor_reduction!r}")
+        if self.anchor_reduction not in ANCHOR_REDUCTIONS:
+            raise ValueError(f"anchor_reduction must be one of {ANCHOR_REDUCTIONS}, got {self.anchor_reduction!r}")
+        if self.anchor_procedure not in ANCHOR_PROCEDURES:
+            raise ValueError(f"anchor_procedure must be one of {ANCHOR_PROCEDURES}, got {self.anchor_procedure!r}")
         if self.anchors not in ANCHOR_KINDS:
             raise ValueError(f"anchors must be one of {ANCHOR_KINDS}, got {self.anchors!r}")
         lo, hi = self.input_range
@@ -172,15 +202,17 @@ class HAL(ERRing):
 
     # ------------------------------------------------------------------ the anchoring step
     def _anchor_batch(self, task: int) -> Optional[tuple[Tensor, Tensor]]:
-        """At most ``anchors_per_step`` learned anchors of tasks before ``task``: (e, task ids)."""
-        if self.config.lam == 0 or self.config.anchors_per_step == 0:
+        """At most ``anchors_per_step`` learned anchors of tasks before ``task`` (every one with
+        ``anchor_reduction="sum-all"``, Eq. 5 as printed): (e, task ids)."""
+        every = self.config.anchor_reduction == "sum-all"
+        if self.config.lam == 0 or (self.config.anchors_per_step == 0 and not every):
             return None
         if self._past is None or self._past[0] != task:  # anchors change only at task ends
             self._past = (task, self.anchor_mask[: task * self.num_classes].nonzero().flatten())
         past = self._past[1]
         if past.numel() == 0:
             return None
-        if past.numel() > self.config.anchors_per_step:
+        if not every and past.numel() > self.config.anchors_per_step:
             pick = torch.randperm(past.numel(), generator=self.anchor_generator, device=self.device)
             past = past[pick[: self.config.anchors_per_step]]
         return self.anchor_x[past], past // self.num_classes
@@ -217,7 +249,7 @@ class HAL(ERRing):
 
     def _anchor_term(self, now: Tensor, tilde: Tensor) -> Tensor:
         sq = (now - tilde).pow(2)
-        return self.config.lam * (sq.sum() if self.config.anchor_reduction == "sum" else sq.mean())
+        return self.config.lam * (sq.mean() if self.config.anchor_reduction == "mean" else sq.sum())
 
     def _anchor_grad_exact(self, loss: Tensor, e: Tensor, et: Tensor):
         """Gradient of lambda * anchor term, exact: through theta~ = theta - alpha*g(theta)."""
@@ -280,15 +312,37 @@ class HAL(ERRing):
                 tb.copy_(mb)
         return twin, tps
 
+    def _finetune_batches(self, task: int):
+        """The memory batches of the hindsight fine-tuning: ``finetune_steps`` random batches of
+        ``replay_batch`` (``"code"``), or one shuffled epoch over every stored example of tasks
+        < task in batches of ``replay_batch`` (``"paper"``)."""
+        if self.config.anchor_procedure == "code":
+            for _ in range(self.config.finetune_steps):
+                yield self.memory.sample(self.config.replay_batch, tasks=range(task), generator=self.anchor_generator)
+            return
+        mx, my, mt = self._stored(task)
+        order = torch.randperm(len(my), generator=self.anchor_generator, device=self.device)
+        for i in range(0, len(order), self.config.replay_batch):
+            idx = order[i:i + self.config.replay_batch]
+            yield mx[idx], my[idx], mt[idx]
+
+    def _stored(self, task: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Every filled ring slot of tasks < ``task``: (x, labels, task ids). Row
+        ``(t * C + c) * m + r`` holds the r-th of class c of task t, filled while r < count."""
+        m, C = self.memory.per_class, self.num_classes
+        filled = self.memory.counts[:task].clamp(max=m)  # [task, C]
+        slot = torch.arange(m, device=self.device)
+        mask = slot.view(1, 1, m) < filled.unsqueeze(-1)  # [task, C, m]
+        rows = mask.flatten().nonzero().flatten()
+        return self.memory.data[rows], (rows // m) % C, rows // (m * C)
+
     def _finetune_twin(self, task: int) -> nn.Module:
-        """theta_M in the scratch copy: theta after ``finetune_steps`` SGD steps on the memory of
-        tasks < task (batches of ``replay_batch``); the model itself is untouched."""
+        """theta_M in the scratch copy: theta after SGD on the memory of tasks < task (see
+        :meth:`_finetune_batches`); the model itself is untouched."""
         twin, tps = self._sync_twin()
         if task == 0 or not any(self.memory.inserted[:task]):
             return twin
-        for _ in range(self.config.finetune_steps):
-            mx, my, mt = self.memory.sample(self.config.replay_batch, tasks=range(task),
-                                            generator=self.anchor_generator)
+        for mx, my, mt in self._finetune_batches(task):
             out = self.mask_logits(twin(mx), mt)
             grads = torch.autograd.grad(F.cross_entropy(out, my), tps)
             with torch.no_grad():
@@ -305,7 +359,9 @@ class HAL(ERRing):
         idx = torch.tensor(labels, device=self.device)
         count = self.class_count[idx].clamp(min=1).to(self.class_sum.dtype)
         means = self.class_sum[idx] / count.view(-1, *([1] * len(self.input_shape)))
-        if self.config.anchors == "random":
+        if self.config.anchors == "random" or (self.config.anchors == "hindsight"
+                                               and self.config.anchor_procedure == "paper"):
+            # uniform noise in the input range (the paper's rand(), GetAnchors l. 7)
             u = torch.rand((len(labels), *self.input_shape), generator=self.anchor_generator,
                            device=self.device, dtype=means.dtype)
             return lo + (hi - lo) * u
@@ -355,6 +411,10 @@ class HAL(ERRing):
                     if phi_t is not None and self.config.gamma > 0:
                         objective = objective - self.config.gamma * (emb - phi_t).pow(2).sum()
                     (g_e,) = torch.autograd.grad(-objective, e)
+                    if self.config.anchor_procedure == "paper":  # Eq. 9: e <- e + alpha * grad
+                        with torch.no_grad():
+                            e.sub_(g_e, alpha=self.config.lr)
+                        continue
                     with torch.no_grad():
                         step += 1
                         adam_m.mul_(0.9).add_(g_e, alpha=0.1)

@@ -17,11 +17,20 @@ from torch import Tensor, nn
 
 from . import sources
 
-__all__ = ["Synthetic2D", "synthetic2d", "SYNTHETIC_FORMS", "C0", "C2", "ImageTasks", "image_tasks",
+__all__ = ["Synthetic2D", "synthetic2d", "SYNTHETIC_FORMS", "C0", "C2", "ROUNDED_COEFFS", "AUTHORS_ANGLES", "ImageTasks", "image_tasks",
            "IMAGE_TASKS", "SmallConvNet", "adapt_points"]
 
-#: coefficients of the authors' scaled Himmelblau
-C0, C2 = 0.738, 0.995
+#: coefficients (c0, c2) of the authors' scaled Himmelblau: ``coeff[0]``, ``coeff[2]`` of
+#: ``synthetic/env.npz`` in the authors' repository (JWoong148/ContinualTrajectoryShifting), drawn
+#: once by ``np.random.rand`` in their ``set_env.py``. The rounded 0.738 / 0.995 of earlier fastcl
+#: versions change the landscape enough that Reptile diverges from (-5, -5); pass
+#: ``coeffs=ROUNDED_COEFFS`` to get them back.
+C0, C2 = 0.7384512135082113, 0.9954126045755818
+ROUNDED_COEFFS = (0.738, 0.995)
+#: the eight task rotations of the authors' ``synthetic/env.npz`` (``angles``), for
+#: ``synthetic2d(8, angles=AUTHORS_ANGLES)`` (``--cts-angles authors``)
+AUTHORS_ANGLES = (0.9192431493036517, 1.115065426203848, 4.415228705528784, 5.9905628979208485,
+                  3.9030251182851323, 4.017727223291247, 3.1372847487749387, 0.28030319393389896)
 #: ``"scaled"``: the authors' code (default); ``"printed"``: the formula as printed in Sec. 4.1
 SYNTHETIC_FORMS = ("scaled", "printed")
 
@@ -31,19 +40,22 @@ def _rotate(x: Tensor, angle: Tensor) -> Tensor:
     return torch.stack([c * x[..., 0] - s * x[..., 1], s * x[..., 0] + c * x[..., 1]], -1)
 
 
-def synthetic2d_loss(x: Tensor, angle: Tensor, target: Tensor, form: str = "scaled") -> Tensor:
+def synthetic2d_loss(x: Tensor, angle: Tensor, target: Tensor, form: str = "scaled",
+                     coeffs: tuple[float, float] = (C0, C2)) -> Tensor:
     """The task loss at points ``x`` ``[..., 2]`` for a task (``angle``, ``target`` ``[2]``,
     broadcastable).
 
-    ``"scaled"`` (authors' code): ``u = R(angle)(x - target)/3``,
-    ``f = c0 (u0^2 + u1 - 11)^2 + c2 (u0 + u1^2 - 7)^2``, c0 = 0.738, c2 = 0.995.
+    ``"scaled"`` (authors' code, ``synthetic/loss.py``): ``u = R(angle)(x - target)/3``,
+    ``f = c0 (u0^2 + u1 - 11)^2 + c2 (u0 + u1^2 - 7)^2``, ``(c0, c2) = coeffs`` (default the
+    authors' 0.7384512..., 0.9954126...; :data:`C0`, :data:`C2`).
     ``"printed"`` (Sec. 4.1): the template ``{(a^2 - 10a + b + 9)^2 + (a + b^2 - 10b + 13)^2}/3``
     (a Himmelblau centred at (5, 5)) moved to the target and rotated about it,
     ``(a, b) = R(angle)(x - target) + (5, 5)``.
     """
     if form == "scaled":
+        c0, c2 = coeffs
         u = _rotate(x - target, angle) / 3
-        return C0 * (u[..., 0] ** 2 + u[..., 1] - 11) ** 2 + C2 * (u[..., 0] + u[..., 1] ** 2 - 7) ** 2
+        return c0 * (u[..., 0] ** 2 + u[..., 1] - 11) ** 2 + c2 * (u[..., 0] + u[..., 1] ** 2 - 7) ** 2
     if form == "printed":
         u = _rotate(x - target, angle) + 5
         a, b = u[..., 0], u[..., 1]
@@ -60,11 +72,13 @@ class Synthetic2D:
         angles: ``[T]`` rotation of each task (uniform in [0, 2 pi), from the seed).
         targets: ``[T, 2]``, ``7 (sin 2 pi t/T, cos 2 pi t/T) + (5, 5)``.
         form: ``"scaled"`` or ``"printed"`` (see :func:`synthetic2d_loss`).
+        coeffs: (c0, c2) of the scaled form (unused by ``"printed"``).
     """
 
     angles: Tensor
     targets: Tensor
     form: str = "scaled"
+    coeffs: tuple[float, float] = (C0, C2)
 
     def __len__(self) -> int:
         return self.angles.shape[0]
@@ -72,7 +86,7 @@ class Synthetic2D:
     def loss(self, params: dict[str, Tensor], batch) -> Tensor:
         """One task's loss at ``params["x"]`` ``[2]``; ``batch`` = (angle, target)."""
         angle, target = batch
-        return synthetic2d_loss(params["x"], angle, target, self.form)
+        return synthetic2d_loss(params["x"], angle, target, self.form, self.coeffs)
 
     def batch_fn(self, m: int, k: int, tasks: Tensor):
         """The (deterministic) batch of tasks ``tasks``: their angles and targets."""
@@ -80,20 +94,35 @@ class Synthetic2D:
 
     def task_losses(self, x: Tensor) -> Tensor:
         """``[..., T]`` losses of every task at points ``x`` ``[..., 2]``."""
-        return synthetic2d_loss(x.unsqueeze(-2), self.angles, self.targets, self.form)
+        return synthetic2d_loss(x.unsqueeze(-2), self.angles, self.targets, self.form, self.coeffs)
 
 
-def synthetic2d(num_tasks: int = 8, seed: int = 0, form: str = "scaled", dtype=torch.float64) -> Synthetic2D:
-    """The family of Sec. 4.1 with ``num_tasks`` targets and random rotations drawn from ``seed``."""
+def synthetic2d(num_tasks: int = 8, seed: int = 0, form: str = "scaled", dtype=torch.float64,
+                coeffs: tuple[float, float] = (C0, C2), angles: Optional[Sequence[float]] = None) -> Synthetic2D:
+    """The family of Sec. 4.1 with ``num_tasks`` targets and random rotations drawn from ``seed``
+    (or the given ``angles``, e.g. :data:`AUTHORS_ANGLES`; ``seed`` is then unused);
+    ``coeffs``: (c0, c2) of the scaled form (default the authors' exact values)."""
     if isinstance(num_tasks, bool) or not isinstance(num_tasks, int) or num_tasks < 1:
         raise ValueError(f"num_tasks must be an int >= 1, got {num_tasks!r}")
     if form not in SYNTHETIC_FORMS:
         raise ValueError(f"form must be one of {', '.join(SYNTHETIC_FORMS)}, got {form!r}")
-    g = torch.Generator().manual_seed(int(seed))
-    angles = (torch.rand(num_tasks, generator=g, dtype=torch.float64) * 2 * math.pi).to(dtype)
+    try:
+        coeffs = tuple(float(c) for c in coeffs)
+    except (TypeError, ValueError):
+        coeffs = None
+    if coeffs is None or len(coeffs) != 2 or not all(math.isfinite(c) and c > 0 for c in coeffs):
+        raise ValueError(f"coeffs must be two finite numbers > 0 (c0, c2), got {coeffs!r}")
+    if angles is None:
+        g = torch.Generator().manual_seed(int(seed))
+        angles = (torch.rand(num_tasks, generator=g, dtype=torch.float64) * 2 * math.pi).to(dtype)
+    else:
+        angles = torch.as_tensor(angles, dtype=torch.float64).flatten()
+        if angles.shape != (num_tasks,) or not bool(torch.isfinite(angles).all()):
+            raise ValueError(f"angles must be {num_tasks} finite numbers (one per task), got {tuple(angles.shape)}")
+        angles = angles.to(dtype)
     t = torch.arange(num_tasks, dtype=torch.float64) * 2 * math.pi / num_tasks
     targets = (7 * torch.stack([torch.sin(t), torch.cos(t)], -1) + 5).to(dtype)
-    return Synthetic2D(angles, targets, form)
+    return Synthetic2D(angles, targets, form, coeffs)
 
 
 def adapt_points(family: Synthetic2D, x0: Tensor, steps: int, optimizer: str = "adam", lr: float = 0.05,

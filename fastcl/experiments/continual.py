@@ -95,6 +95,7 @@ LEARNERS: dict[str, tuple[Callable, type]] = {
     "hal": _er_like(HAL, HALConfig),
     "hal-random": _er_like(HAL, HALConfig, anchors="random"),
     "hal-data": _er_like(HAL, HALConfig, anchors="data"),
+    "hal-paper": _er_like(HAL, HALConfig, anchor_procedure="paper"),  # anchors as the paper's text builds them
     "clone-and-finetune": _plain(CloneAndFinetune, OracleConfig),
     "multitask": _plain(Multitask, OracleConfig),
     "lamaml": _reservoir(LaMAML, LaMAMLConfig),

@@ -9,14 +9,18 @@ The learners of the CTS paper behind ``fastcl run``:
     fastcl run cts-error                                   # approximation error vs alpha, beta, k
 
 Synthetic 2D (Sec. 4.1): T = 8 tasks (``--tasks``), K = 100 (``--inner-steps``), M = 3
-(``--iterations``), alpha 0.05, beta 0.1, SGD momentum 0.9 (``--set key=value`` overrides any
+(``--iterations``), alpha 0.05, beta 0.1, SGD momentum 0.9 re-created at every repetition (the
+authors' ``synthetic/algorithm.py``), the authors' constants c0, c2 (``--cts-coeffs``), rotations
+from the seed or the authors' ``env.npz`` (``--cts-angles``), one or several starts
+(``--cts-start``, ``grid``: the authors' nine) (``--set key=value`` overrides any
 :class:`~fastcl.algorithms.cts.CTSConfig` field). The meta-test is the task-average loss after
 ``--cts-test-steps`` inner steps from phi, with Adam and with SGD-momentum (both lr alpha),
 recorded along meta-training against cumulative inner steps per task. Writes results.json,
 results.csv, trajectories.png (phi over the Adam meta-test landscape, Fig. 5) and metatest.png.
 
 Images: meta-train on heterogeneous 10-way tasks with their own heads (``--cts-train``), meta-test
-by fine-tuning on held-out ones (``--cts-test``); ``mtl-pretrain`` is multi-task pre-training (shared trunk,
+by fine-tuning on held-out ones (``--cts-test``), beta from supp. Table 3 at K = 100 (Reptile 2,
+CTS 0.1), the optimizer state kept across repetitions (supp. C.2); ``mtl-pretrain`` is multi-task pre-training (shared trunk,
 one head per task, the same number of steps) and ``scratch-init`` a random initialization.
 
 Every finished (learner, seed) run is kept as ``LEARNER-seedS.json`` (checksummed, with the run's
@@ -39,8 +43,9 @@ import torch
 from .. import rundir
 from ..algorithms.cts import CTS, CTSAccurate, CTSConfig, approximation_error, inner_update_
 from ..algorithms.reptile import Reptile
+from ..data.cts_tasks import (AUTHORS_ANGLES, C0, C2, IMAGE_TASKS, SYNTHETIC_FORMS, SmallConvNet, adapt_points,
+                              image_tasks, synthetic2d)
 from ..finite import FiniteGuard
-from ..data.cts_tasks import IMAGE_TASKS, SYNTHETIC_FORMS, SmallConvNet, adapt_points, image_tasks, synthetic2d
 
 NAMES = ("reptile", "cts", "cts-accurate", "cts-noshift", "mtl-pretrain", "scratch-init", "cts-error")
 FAMILIES = ("synthetic2d", "images")
@@ -49,8 +54,10 @@ FAMILIES = ("synthetic2d", "images")
 META_LEARNERS = {"reptile": (Reptile, {}), "cts": (CTS, {}), "cts-accurate": (CTSAccurate, {}),
                  "cts-noshift": (CTS, {"shift": False})}
 
-#: the images family's defaults (beta from the paper's Table 3 at K = 100, Reptile at K = 1000)
-_IMAGE_BETA = {"reptile": 1.0, "cts": 0.1, "cts-noshift": 0.1, "cts-accurate": 0.1}
+#: the images family's beta: the paper's supp. Table 3 at K = 100 (Reptile 2, Ours 0.1)
+_IMAGE_BETA = {"reptile": 2.0, "cts": 0.1, "cts-noshift": 0.1, "cts-accurate": 0.1}
+#: ``--cts-start grid``: the nine starts of the authors' ``synthetic/meta_training.py``
+START_GRID = tuple((x, y) for x in (-5.0, 5.0, 15.0) for y in (-5.0, 5.0, 15.0))
 IMAGE_TRAIN = ("mnist", "mnist-rot90", "fashion", "fashion-inverted")
 IMAGE_TEST = ("mnist-inverted", "fashion-rot90")
 
@@ -61,7 +68,15 @@ def add_run_arguments(g) -> None:
     g.add_argument("--cts-form", choices=SYNTHETIC_FORMS, default="scaled",
                    help="synthetic2d: the authors' scaled-argument loss (default) or the printed one")
     g.add_argument("--cts-start", default="-5,5",
-                   help="synthetic2d: the initial phi 'x,y' (default -5,5; --cts-start -5,5 or --cts-start=-5,5)")
+                   help="synthetic2d: the initial phi 'x,y' (default -5,5; --cts-start=-5,5), several "
+                        "separated by ';' ('-5,5;15,5'), or 'grid': the authors' nine starts {-5,5,15}^2; "
+                        "results are means over the starts")
+    g.add_argument("--cts-angles", choices=("seed", "authors"), default="seed",
+                   help="synthetic2d: task rotations drawn from the seed (default) or the authors' env.npz "
+                        "ones (8 tasks; the seeds then repeat one deterministic run)")
+    g.add_argument("--cts-coeffs", default=f"{C0!r},{C2!r}",
+                   help="synthetic2d: c0,c2 of the scaled loss (default the authors' env.npz values "
+                        "0.7384512...,0.9954126...; '0.738,0.995' are the rounded ones of fastcl <= 0.x)")
     g.add_argument("--cts-test-steps", type=int, default=None,
                    help="meta-test inner steps (synthetic2d 100, images 100)")
     g.add_argument("--cts-eval-every", type=int, default=10,
@@ -82,20 +97,42 @@ def _given(value, default):
     return default if value is None else value
 
 
-def start_point(text: str) -> torch.Tensor:
-    """``"x,y"`` (``--cts-start``) -> the initial phi, two finite float64 numbers."""
+def _two_numbers(text: str, option: str, example: str) -> torch.Tensor:
     try:
-        start = torch.tensor([float(v) for v in text.split(",")], dtype=torch.float64)
+        pair = torch.tensor([float(v) for v in text.split(",")], dtype=torch.float64)
     except ValueError:
-        start = None
-    if start is None or start.shape != (2,) or not bool(torch.isfinite(start).all()):
-        raise ValueError(f"--cts-start must be two finite numbers 'x,y' (e.g. --cts-start=-5,5), got {text!r}")
-    return start
+        pair = None
+    if pair is None or pair.shape != (2,) or not bool(torch.isfinite(pair).all()):
+        raise ValueError(f"{option} must be two finite numbers (e.g. {option}={example}), got {text!r}")
+    return pair
+
+
+def start_point(text: str) -> torch.Tensor:
+    """``"x,y"`` (one ``--cts-start`` point) -> the initial phi, two finite float64 numbers."""
+    return _two_numbers(text, "--cts-start", "-5,5")
+
+
+def start_points(text: str) -> list[torch.Tensor]:
+    """``--cts-start``: ``"x,y"``, several separated by ``;``, or ``"grid"`` (:data:`START_GRID`)."""
+    if text.strip() == "grid":
+        return [torch.tensor(p, dtype=torch.float64) for p in START_GRID]
+    return [start_point(t) for t in text.split(";")]
+
+
+def coeffs(text: str) -> tuple[float, float]:
+    """``--cts-coeffs "c0,c2"`` -> two finite numbers > 0."""
+    c = _two_numbers(text, "--cts-coeffs", "0.7384512,0.9954126")
+    if not bool((c > 0).all()):
+        raise ValueError(f"--cts-coeffs must be two numbers > 0, got {text!r}")
+    return float(c[0]), float(c[1])
 
 
 def check_run_args(args, learners: Sequence[str]) -> None:
     """The checks of ``fastcl run`` for this family's options that a minimum cannot express."""
-    start_point(args.cts_start)
+    start_points(args.cts_start)
+    coeffs(args.cts_coeffs)
+    if args.cts_angles == "authors" and _given(args.tasks, 8) != len(AUTHORS_ANGLES):
+        raise ValueError(f"--cts-angles authors has {len(AUTHORS_ANGLES)} tasks, got --tasks {args.tasks}")
 
 
 def _overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -110,7 +147,8 @@ def _config(name: str, family: str, args, overrides: dict[str, Any]) -> CTSConfi
         base = dict(inner_lr=0.05 if args.cts_form == "scaled" else 0.002, meta_lr=0.1,
                     inner_steps=_given(args.inner_steps, 100), repetitions=_given(args.iterations, 3))
     else:
-        base = dict(inner_lr=0.02, meta_lr=_IMAGE_BETA.get(name, 0.1),
+        # supp. C.2 and the authors' image code (hard_reset=False): the optimizer state is kept
+        base = dict(inner_lr=0.02, meta_lr=_IMAGE_BETA.get(name, 0.1), reset_optimizer=False,
                     inner_steps=_given(args.inner_steps, 100), repetitions=_given(args.iterations, 10))
     base.update(META_LEARNERS.get(name, (None, {}))[1])
     base.update(overrides)
@@ -124,11 +162,33 @@ def _guard(name: str, seed: int, args) -> FiniteGuard:
 
 
 # ------------------------------------------------------------------------------ synthetic 2D
+def _family(args, seed: int):
+    angles = AUTHORS_ANGLES if getattr(args, "cts_angles", "seed") == "authors" else None
+    return synthetic2d(_given(args.tasks, 8), seed=seed, form=args.cts_form, coeffs=coeffs(args.cts_coeffs),
+                       angles=angles)
+
+
 def _synthetic_one(name: str, seed: int, cfg: CTSConfig, args, distributed: bool = False) -> dict[str, Any]:
-    """One meta-training run on the synthetic family; returns its record (rank 0 meaningful)."""
+    """One meta-training run per ``--cts-start`` point on the synthetic family; with several
+    starts the record holds each start's record under ``"starts"`` and, at the top level, the
+    mean over the starts of every meta-test curve (rank 0 meaningful)."""
+    recs = [_synthetic_start(name, seed, cfg, args, start, distributed) for start in start_points(args.cts_start)]
+    if len(recs) == 1:
+        return recs[0]
+    rec = dict(recs[0], starts=recs)
+    for key in ("test_adam", "test_momentum"):
+        rec[key] = np.mean([r[key] for r in recs], 0).tolist()
+    for key in ("final_adam", "final_momentum"):
+        rec[key] = float(np.mean([r[key] for r in recs]))
+    rec["train_seconds"] = float(np.sum([r["train_seconds"] for r in recs]))
+    return rec
+
+
+def _synthetic_start(name: str, seed: int, cfg: CTSConfig, args, start: torch.Tensor,
+                     distributed: bool = False) -> dict[str, Any]:
+    """One meta-training run on the synthetic family from ``start``; returns its record."""
     T = _given(args.tasks, 8)
-    fam = synthetic2d(T, seed=seed, form=args.cts_form)
-    start = start_point(args.cts_start)
+    fam = _family(args, seed)
     cls = META_LEARNERS[name][0]
     learner = cls({"x": start}, fam.loss, T, cfg, distributed=distributed)
     steps = _given(args.cts_test_steps, 100)
@@ -203,9 +263,8 @@ def _plot_synthetic(results: dict, args, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    T = _given(args.tasks, 8)
     seed = results["seeds"][0]
-    fam = synthetic2d(T, seed=seed, form=args.cts_form)
+    fam = _family(args, seed)
     lr = next(iter(results["learners"].values()))["config"]["inner_lr"]
     n = 80
     xs = torch.linspace(-10, 20, n, dtype=torch.float64)
@@ -216,9 +275,12 @@ def _plot_synthetic(results: dict, args, out: Path) -> None:
     fig.colorbar(cs, ax=ax, label="log10 task-average loss after meta-test (Adam)")
     ax.scatter(fam.targets[:, 0], fam.targets[:, 1], c="red", s=12, label="task targets")
     for name, r in results["learners"].items():
-        path = np.asarray(r["runs"][0]["phi"])
-        ax.plot(path[:, 0], path[:, 1], lw=1.5, label=name)
-        ax.plot(path[-1, 0], path[-1, 1], "o", ms=4, color=ax.lines[-1].get_color())
+        color = None
+        for i, run in enumerate(r["runs"][0].get("starts", [r["runs"][0]])):
+            path = np.asarray(run["phi"])
+            line, = ax.plot(path[:, 0], path[:, 1], lw=1.5, color=color, label=None if i else name)
+            color = line.get_color()
+            ax.plot(path[-1, 0], path[-1, 1], "o", ms=4, color=color)
     ax.set_title(f"meta-trajectories of phi (seed {seed}); background: Fig. 5(c) map")
     ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
@@ -401,7 +463,7 @@ def _fingerprint(name: str, family: str, cfg: CTSConfig, args, seed: int, data_i
     """What defines one (learner, seed) run of this family (stored with its record)."""
     if family == "synthetic2d":
         opts = dict(tasks=args.tasks or 8, cts_form=args.cts_form, cts_start=args.cts_start,
-                    cts_eval_every=args.cts_eval_every)
+                    cts_eval_every=args.cts_eval_every, cts_coeffs=coeffs(args.cts_coeffs), cts_angles=args.cts_angles)
     else:
         opts = dict(cts_train=args.cts_train, cts_test=args.cts_test, cts_per_task=args.cts_per_task,
                     cts_test_train=args.cts_test_train, **data_id)
@@ -517,7 +579,7 @@ def summary_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def equal_steps_table(results: dict[str, Any], steps: Sequence[int] = (10, 30, 100, 300)) -> str:
+def equal_steps_table(results: dict[str, Any], steps: Sequence[int] = (10, 30, 100, 200, 300)) -> str:
     """Synthetic family: the Adam meta-test loss of each learner at equal cumulative inner steps
     per task (the last evaluation at or before each budget), mean (std) over seeds."""
     head = "| learner | " + " | ".join(f"{s} steps" for s in steps) + " |"
