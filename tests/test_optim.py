@@ -173,3 +173,28 @@ def test_state_dict_resume_is_exact(cls, kwargs):
     _train(second, opt2, batches[3:], (lambda: opt2.accumulate_importance(0.8)) if cls is fo.ProxSGD else None)
     for a, b in zip(straight.parameters(), second.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name,make", [
+    ("sgd", lambda p: torch.optim.SGD(p, lr=0.1)),
+    ("momentum", lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9)),
+    ("adam", lambda p: torch.optim.Adam(p, lr=0.1)),
+])
+def test_functional_inner_step_is_torch_optim(name, make):
+    """fastcl.optim.functional.inner_step_ (the CTS / Reptile inner step) is PyTorch's optimizer."""
+    from fastcl.optim.functional import inner_step_
+
+    g = torch.Generator().manual_seed(0)
+    ours = [torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(3, generator=g, dtype=torch.float64)]
+    theirs = [p.clone().requires_grad_(True) for p in ours]
+    opt, state = make(theirs), {}
+    for step in range(4):
+        grads = [torch.randn(p.shape, generator=g, dtype=torch.float64) for p in ours]
+        inner_step_(ours, grads, state, name, 0.1)
+        for p, gr in zip(theirs, grads):
+            p.grad = gr.clone()
+        opt.step()
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="optimizer"):
+        inner_step_(ours, grads, {}, "rmsprop", 0.1)

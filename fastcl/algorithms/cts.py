@@ -31,11 +31,12 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
+from ..optim.functional import INNER_OPTIMIZERS, inner_step_
 
 __all__ = ["CTSConfig", "CTS", "CTSAccurate", "TaskLearners", "OPTIMIZERS", "shard", "inner_update_",
            "approximation_error"]
 
-OPTIMIZERS = ("sgd", "momentum", "adam")
+OPTIMIZERS = INNER_OPTIMIZERS
 
 
 @dataclass
@@ -109,38 +110,10 @@ def shard(num_tasks: int, rank: int, world: int) -> range:
 
 
 def inner_update_(params: list[Tensor], grads: list[Tensor], state: dict[str, Any], cfg: CTSConfig) -> None:
-    """One inner optimizer step, in place, on (stacked) parameters: elementwise, so the T task
-    learners of a stacked tensor step independently. ``state`` holds ``"buf"`` (momentum) or
-    ``"m"``, ``"v"``, ``"step"`` (Adam), created on first use."""
-    lr = cfg.inner_lr
-    with torch.no_grad():
-        if cfg.weight_decay:
-            grads = torch._foreach_add(grads, params, alpha=cfg.weight_decay)
-        if cfg.optimizer == "sgd":
-            torch._foreach_add_(params, grads, alpha=-lr)
-        elif cfg.optimizer == "momentum":
-            buf = state.get("buf")
-            if buf is None:
-                buf = state["buf"] = [g.clone() for g in grads]
-            else:
-                torch._foreach_mul_(buf, cfg.momentum)
-                torch._foreach_add_(buf, grads)
-            torch._foreach_add_(params, buf, alpha=-lr)
-        else:
-            b1, b2 = cfg.betas
-            if "m" not in state:
-                state["m"] = [torch.zeros_like(p) for p in params]
-                state["v"] = [torch.zeros_like(p) for p in params]
-                state["step"] = 0
-            state["step"] += 1
-            t = state["step"]
-            torch._foreach_lerp_(state["m"], grads, 1 - b1)
-            torch._foreach_mul_(state["v"], b2)
-            torch._foreach_addcmul_(state["v"], grads, grads, value=1 - b2)
-            denom = torch._foreach_sqrt(state["v"])
-            torch._foreach_div_(denom, math.sqrt(1 - b2 ** t))
-            torch._foreach_add_(denom, cfg.eps)
-            torch._foreach_addcdiv_(params, state["m"], denom, value=-lr / (1 - b1 ** t))
+    """One inner optimizer step of ``cfg`` (optimizer, inner_lr, momentum, betas, eps, weight_decay)
+    on (stacked) parameters, in place: :func:`fastcl.optim.functional.inner_step_`."""
+    inner_step_(params, grads, state, cfg.optimizer, cfg.inner_lr, momentum=cfg.momentum, betas=cfg.betas,
+                eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
 def _named_tensors(params) -> dict[str, Tensor]:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..optim.functional import inner_step_
 from . import sources
 
 __all__ = ["Synthetic2D", "synthetic2d", "SYNTHETIC_FORMS", "C0", "C2", "ROUNDED_COEFFS", "AUTHORS_ANGLES", "ImageTasks", "image_tasks",
@@ -133,9 +134,6 @@ def adapt_points(family: Synthetic2D, x0: Tensor, steps: int, optimizer: str = "
     every task adapts from each independently (stacked, one autograd call per step).
     Returns ``[N]`` mean over tasks of the final loss.
     """
-    from ..algorithms.cts import CTSConfig, inner_update_
-
-    cfg = CTSConfig(inner_lr=lr, optimizer=optimizer, momentum=momentum)
     x = x0.detach().unsqueeze(1).repeat(1, len(family), 1).clone()  # [N, T, 2]
     state: dict[str, Any] = {}
     for _ in range(steps):
@@ -143,7 +141,7 @@ def adapt_points(family: Synthetic2D, x0: Tensor, steps: int, optimizer: str = "
         loss = family.task_losses(x).diagonal(dim1=-2, dim2=-1).sum()
         (g,) = torch.autograd.grad(loss, [x])
         x = x.detach()
-        inner_update_([x], [g], state, cfg)
+        inner_step_([x], [g], state, optimizer, lr, momentum=momentum)
     with torch.no_grad():
         return family.task_losses(x).diagonal(dim1=-2, dim2=-1).mean(-1)
 
