@@ -210,3 +210,14 @@ def test_the_cli_sets_either_reading():
         assert parse_overrides(["meta_loss=last"], cfg_cls) == {"meta_loss": "last"}
     with pytest.raises(ValueError, match="meta_loss"):
         LaMAMLConfig(**parse_overrides(["meta_loss=sum"], LaMAMLConfig))
+
+
+@pytest.mark.parametrize("cls", ["LaMAMLConfig", "EMCLConfig"])
+def test_lr_that_does_nothing_is_rejected(cls):
+    """La-MAML's and EMCL's rates are alpha / beta: an lr (inherited from LearnerConfig) is an error."""
+    import fastcl.algorithms as A
+
+    config = getattr(A, cls)
+    assert config().lr == 0.0
+    with pytest.raises(ValueError, match=rf"lr does nothing in {cls}"):
+        config(lr=0.1)

@@ -87,7 +87,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..ops import reference
-from .lamaml import ReplayMetaConfig, ReplayMetaLearner, _check_positive, is_plain_mlp, mlp_grads
+from .lamaml import ReplayMetaConfig, ReplayMetaLearner, _check_positive, _reject_unused_lr, is_plain_mlp, mlp_grads
 
 __all__ = ["EMCL", "EMCLConfig", "EMCL_VARIANTS", "IMPORTANCE_SCALES"]
 
@@ -152,10 +152,11 @@ class EMCLConfig(ReplayMetaConfig):
     inner_replay: bool = True
     fused_inner: bool = True
     reference: bool = False
-    lr: float = 0.0  # unused: beta and alpha are the learning rates
+    lr: float = 0.0  # unused (rejected): beta and alpha are the learning rates
 
     def __post_init__(self):
         super().__post_init__()
+        _reject_unused_lr(self, "beta (inner) and alpha (meta, from alpha0)")
         _check_positive(self, "alpha0", "beta", "lam", "gamma", "r", "eps")
         if not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"eta (importance decay) must be in [0, 1], got {self.eta}")

@@ -71,6 +71,14 @@ class ReplayMetaConfig(LearnerConfig):
             raise ValueError(f"glances must be >= 1, got {self.glances}")
 
 
+def _reject_unused_lr(cfg, rates: str) -> None:
+    """``lr`` (inherited from :class:`LearnerConfig`) means nothing to a learner whose learning rates
+    are ``rates``: a value other than its 0 is an error, not silently ignored."""
+    if cfg.lr != 0.0:
+        raise ValueError(f"lr does nothing in {type(cfg).__name__}: its learning rates are {rates}; "
+                         f"got lr={cfg.lr!r}")
+
+
 def _check_positive(cfg, *names: str) -> None:
     for name in names:
         value = getattr(cfg, name)
@@ -247,10 +255,11 @@ class LaMAMLConfig(ReplayMetaConfig):
     second_order: bool = True
     grad_clip: float = 2.0
     meta_loss: str = "prefix"
-    lr: float = 0.0  # unused: the rates alpha are the learning rates
+    lr: float = 0.0  # unused (rejected): the rates alpha are the learning rates
 
     def __post_init__(self):
         super().__post_init__()
+        _reject_unused_lr(self, "the learnable rates alpha (alpha0) and their rate eta")
         _check_positive(self, "alpha0", "eta", "grad_clip")
         if self.meta_loss not in META_LOSSES:
             raise ValueError(f"meta_loss must be one of {', '.join(META_LOSSES)}, got {self.meta_loss!r}")
