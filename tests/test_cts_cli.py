@@ -14,6 +14,7 @@ def test_run_synthetic2d_writes_results_and_plots(tmp_path, capsys):
     printed = capsys.readouterr().out
     for name in ("reptile", "cts", "cts-noshift", "cts-accurate"):
         assert f"| {name} |" in printed
+    assert f"results written to {out}/results.json, results.csv" in printed  # where the results went
     res = json.loads((out / "results.json").read_text())
     r = res["learners"]
     assert r["reptile"]["runs"][0]["meta_steps"] == 2 and r["cts"]["runs"][0]["meta_steps"] == 8

@@ -495,6 +495,7 @@ def run_from_args(args, learners: Sequence[str]) -> int:
                 print(f"{act:8s} {var:5s} " + "  ".join(f"{v:g}:{m:.2f}" for v, m, _ in rows))
         if not args.no_plots:
             _plot_error(res, out)
+        print(f"results written to {out}/approx_error.json" + ("" if args.no_plots else ", approx_error.png"))
         return 0
     family = args.family or "synthetic2d"
     if family not in FAMILIES:
@@ -559,6 +560,8 @@ def run_from_args(args, learners: Sequence[str]) -> int:
             _plot_synthetic(results, args, out)
         else:
             _plot_images(results, out)
+    plots = "" if args.no_plots else (", trajectories.png, metatest.png" if family == "synthetic2d" else ", accuracy.png")
+    print(f"results written to {out}/results.json, results.csv, the per-seed records{plots}")
     return 0
 
 
