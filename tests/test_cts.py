@@ -346,3 +346,37 @@ def test_authors_angles_reproduce_the_reptile_divergence_of_the_rounded_constant
         assert bool(torch.isfinite(r.phi["x"]).all()) is finite
     with pytest.raises(ValueError, match="angles"):
         synthetic2d(4, angles=AUTHORS_ANGLES)
+
+
+def test_batch_fn_without_the_task_dimension_is_an_error_naming_it():
+    """batch_fn(m, k, tasks) returns tensors stacked over the task learners; one task's batch alone
+    (or anything with another leading size) is refused before any step, naming batch_fn."""
+    learner = CTS(_mlp_params(), _mlp_loss, T, _cfg())
+    before = {n: t.clone() for n, t in learner.theta.items()}
+
+    def one_task(m, k, tasks):
+        x, y = _batch_fn(m, k, tasks)
+        return x[0], y[0]
+
+    with pytest.raises(ValueError, match=rf"batch_fn\(m, k, tasks\) must return tensors stacked over the {T} task"):
+        learner.step(one_task)
+    with pytest.raises(ValueError, match="batch_fn"):
+        learner.step(lambda m, k, tasks: None)
+    assert all(torch.equal(before[n], learner.theta[n]) for n in before)
+
+
+def test_reptile_is_cts_without_the_shift_at_every_step_of_k_1_and_differs_otherwise():
+    """Reptile (Alg. 1) and CTSConfig(shift=False) share the meta step formula; with K = 1 both make
+    one meta step per repetition from the same trajectory, so they agree exactly."""
+    cfg = _cfg(inner_steps=1, repetitions=3, shift=False)
+    a = Reptile(_mlp_params(), _mlp_loss, T, cfg)
+    b = CTS(_mlp_params(), _mlp_loss, T, cfg)
+    a.run(_batch_fn), b.run(_batch_fn)
+    for n in a.phi:
+        torch.testing.assert_close(a.phi[n], b.phi[n], rtol=0, atol=0)
+    # K = 3: the no-shift ablation meta-steps after every inner step, Reptile once per repetition
+    cfg = _cfg(inner_steps=3, repetitions=1, shift=False)
+    a, b = Reptile(_mlp_params(), _mlp_loss, T, cfg), CTS(_mlp_params(), _mlp_loss, T, cfg)
+    a.run(_batch_fn), b.run(_batch_fn)
+    assert (a.meta_steps, b.meta_steps) == (1, 3)
+    assert not all(torch.equal(a.phi[n], b.phi[n]) for n in a.phi)

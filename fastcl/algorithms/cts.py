@@ -55,7 +55,9 @@ class CTSConfig:
         eps: epsilon of ``"adam"``.
         weight_decay: lambda, added to the inner gradient (``g + lambda theta``).
         shift: CTS shifts every trajectory by the meta step (Alg. 2, l. 13); ``False`` is the
-            "No Shifting" ablation (Fig. 8). Ignored by Reptile and CTS-Accurate.
+            "No Shifting" ablation (Fig. 8): still a meta step after *every* inner step, so it is
+            not Reptile (one meta step per K inner steps, Alg. 1) unless K = 1. Ignored by Reptile
+            and CTS-Accurate.
         reset_optimizer: zero the optimizer state when the task learners restart from phi
             (every repetition). Default True: the authors' synthetic code
             (``synthetic/algorithm.py``) creates new inner optimizers at every repetition.
@@ -199,8 +201,22 @@ class TaskLearners:
     def _loss(self, params, batch):
         return self.loss_fn(params, batch)
 
+    def _check_batch(self, batch) -> None:
+        """``batch`` holds tensors stacked over the local task learners: leading dimension T_local."""
+        t_local = len(self.tasks)
+        leaves = [x for x in torch.utils._pytree.tree_leaves(batch) if isinstance(x, Tensor)]
+        if not leaves:
+            raise ValueError("batch_fn(m, k, tasks) must return tensors (or a tuple / list / dict of them), got "
+                             f"{type(batch).__name__}")
+        for x in leaves:
+            if x.dim() == 0 or x.shape[0] != t_local:
+                raise ValueError(f"batch_fn(m, k, tasks) must return tensors stacked over the {t_local} task "
+                                 f"learners of `tasks` (leading dimension {t_local}), got a tensor of shape "
+                                 f"{tuple(x.shape)}")
+
     def task_gradients(self, batch) -> tuple[dict[str, Tensor], Tensor]:
         """Per-task gradients (stacked like ``theta``) and the ``[T_local]`` losses at ``theta``."""
+        self._check_batch(batch)
         leaves = {n: t.detach().requires_grad_(True) for n, t in self.theta.items()}
         with torch.enable_grad():
             losses = self._losses(leaves, batch)
