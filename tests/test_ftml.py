@@ -318,3 +318,18 @@ def test_benchmark_table_runs_and_checks_the_gradients(capsys):
     finally:
         torch.set_num_threads(threads)
     assert "| second | 1 | 1 |" in capsys.readouterr().out
+
+
+def test_ftml_seed_left_out_follows_torch_seed():
+    """FTMLConfig() without seed: torch.manual_seed fixes the learner's generator; other torch seeds
+    give other draws (not one silent seed 0)."""
+    def built(torch_seed, seed=None):
+        torch.manual_seed(torch_seed)
+        learner = FTML(_tiny_net(), SHAPE, FTMLConfig(seed=seed))
+        return learner.seed, torch.randint(0, 10**9, (4,), generator=learner.generator)
+
+    (a, da), (b, db), (c, dc) = built(3), built(3), built(4)
+    assert a == b != c and torch.equal(da, db) and not torch.equal(da, dc)
+    assert built(3, seed=7)[0] == built(4, seed=7)[0] == 7
+    with pytest.raises(ValueError, match="seed"):
+        FTMLConfig(seed=-1)

@@ -44,6 +44,7 @@ from torch.func import functional_call, grad, vmap
 
 from ..memory import TaskBuffer
 from ..memory._checks import check_batch
+from .base import resolve_seed
 
 __all__ = ["FTMLConfig", "OnlineLearner", "FTML", "TrainOnEverything", "FollowTheLeader", "FromScratch",
            "FromScratchAdam", "sgd_adapt", "ONLINE_LEARNERS"]
@@ -73,7 +74,8 @@ class FTMLConfig:
             line 14), an int draws that many examples per step (cheaper on large ``D_t``).
         first_order: drop the second-order terms of the meta-gradient (FOMAML).
         label_smoothing: epsilon of the label-smoothed cross entropy, inner and outer (0.1).
-        seed: seed of the learner's generator (task and minibatch sampling, re-initialisation).
+        seed: seed of the learner's generator (task and minibatch sampling, re-initialisation);
+            ``None`` (default): drawn from torch's global generator when the learner is built.
     """
 
     inner_lr: float = 0.1
@@ -86,7 +88,7 @@ class FTMLConfig:
     finetune_batch: Optional[int] = None
     first_order: bool = False
     label_smoothing: float = 0.1
-    seed: int = 0
+    seed: Optional[int] = None
 
     def __post_init__(self):
         for name in ("inner_lr", "meta_lr"):
@@ -96,6 +98,8 @@ class FTMLConfig:
         for name, low in (("inner_steps", 0), ("inner_batch", 1), ("meta_steps", 0), ("meta_batch", 1),
                           ("finetune_steps", 0), ("seed", 0)):
             v = getattr(self, name)
+            if name == "seed" and v is None:  # drawn from torch's generator when the learner is built
+                continue
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {v!r}")
         if self.finetune_batch is not None and (isinstance(self.finetune_batch, bool)
@@ -165,7 +169,9 @@ class OnlineLearner:
         p = next(model.parameters())
         self.buffer = TaskBuffer(input_shape, dtype=p.dtype, device=p.device)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=self.config.meta_lr)
-        self.generator = torch.Generator().manual_seed(self.config.seed)
+        #: the seed in use: ``config.seed``, or one drawn from torch's generator (config.seed None)
+        self.seed = resolve_seed(self.config.seed)
+        self.generator = torch.Generator().manual_seed(self.seed)
         self.current_task: Optional[int] = None
         self.updates = 0
         self._adapted: dict[int, Params] = {}
@@ -216,7 +222,7 @@ class OnlineLearner:
         if self.fine_tunes:
             cfg = self.config
             x, y = self.buffer.data(task)
-            gen = torch.Generator().manual_seed(hash((cfg.seed, task, x.shape[0])) & (2**62 - 1))
+            gen = torch.Generator().manual_seed(hash((self.seed, task, x.shape[0])) & (2**62 - 1))
             for _ in range(cfg.finetune_steps):
                 if cfg.finetune_batch is not None and cfg.finetune_batch < x.shape[0]:
                     idx = torch.randperm(x.shape[0], generator=gen)[: cfg.finetune_batch].to(x.device)
