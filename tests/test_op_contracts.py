@@ -21,7 +21,7 @@ import torch
 
 import fastcl.ops as F
 from fastcl.ops import reference as R
-from update_ops_helpers import assert_same
+from update_ops_helpers import all_tensors, assert_same
 
 HAVE_EXT = F.backend() != "reference"
 needs_ext = pytest.mark.skipif(not HAVE_EXT, reason="the extension is not built")
@@ -106,18 +106,8 @@ def call(impl, op, names, args):
     return fn(impl, op)(*[args[n] for n in names])
 
 
-def tensors_of(args):
-    out = []
-    for v in args.values():
-        if isinstance(v, torch.Tensor):
-            out.append(v)
-        elif isinstance(v, (list, tuple)):
-            out += [t for t in v if isinstance(t, torch.Tensor)]
-    return out
-
-
 def snapshot(args):
-    ts = tensors_of(args)
+    ts = all_tensors(args)
     return ts, [t.detach().clone() for t in ts], [t._version for t in ts]
 
 
@@ -197,7 +187,7 @@ def test_under_no_grad_the_update_proceeds(impl, op, name, leaf):
     with torch.no_grad():
         out = call(impl, op, names, args)
     want = call("reference", op, names, plain)
-    for got, exp in zip(tensors_of(args), tensors_of(plain)):
+    for got, exp in zip(all_tensors(args), all_tensors(plain)):
         torch.testing.assert_close(got.detach(), exp, rtol=1e-12, atol=1e-12)
     if op == "reservoir_insert_":
         assert torch.equal(out, want)
@@ -226,7 +216,7 @@ def test_read_tensor_requiring_grad_is_accepted_and_stays_out_of_the_graph(impl,
     _with_grad(args, read, leaf=True)
     call(impl, op, names, args)
     call("reference", op, names, plain)
-    for got, exp in zip(tensors_of(args), tensors_of(plain)):
+    for got, exp in zip(all_tensors(args), all_tensors(plain)):
         torch.testing.assert_close(got.detach(), exp, rtol=1e-12, atol=1e-12)
     written = args[WRITTEN[op][0]]
     assert not any(t.requires_grad for t in (written if isinstance(written, list) else [written]))
@@ -263,7 +253,7 @@ def test_memory_op_on_an_inference_tensor_outside_inference_mode_is_rejected(imp
     names, args = valid(op)
     with torch.inference_mode():
         args["data"] = args["data"].clone()
-    ts = tensors_of(args)
+    ts = all_tensors(args)
     before = [t.clone() for t in ts]
     with pytest.raises(ValueError, match=r"^data is an inference tensor"):
         call(impl, op, names, args)

@@ -13,7 +13,7 @@ import torch
 
 import fastcl.ops as F
 from fastcl.ops import reference as R
-from update_ops_helpers import assert_same
+from update_ops_helpers import all_tensors, assert_same
 
 IMPLS = [pytest.param(F, id="fused"), pytest.param(R, id="reference")]
 SHAPES = [(3, 4), (5,), ()]
@@ -154,16 +154,6 @@ def other_cases():
     ]
     for op, mut, exc, pat in cases:
         yield pytest.param(op, mut, exc, pat, id=f"{op}-" + pat.replace('\\', ''))
-
-
-def all_tensors(args):
-    out = []
-    for v in args.values():
-        if isinstance(v, torch.Tensor):
-            out.append(v)
-        elif isinstance(v, (list, tuple)):
-            out += [t for t in v if isinstance(t, torch.Tensor)]
-    return out
 
 
 def call(impl, op, args):

@@ -196,3 +196,14 @@ def check_outside(snap, what: str):
 
 def d64(t: Optional[torch.Tensor]) -> torch.Tensor:
     return t.detach().double()
+
+
+def all_tensors(args: dict) -> list[torch.Tensor]:
+    """Every tensor of an op's keyword arguments: the tensors and the tensors of the lists."""
+    out = []
+    for v in args.values():
+        if isinstance(v, torch.Tensor):
+            out.append(v)
+        elif isinstance(v, (list, tuple)):
+            out += [t for t in v if isinstance(t, torch.Tensor)]
+    return out

@@ -268,7 +268,7 @@ class MAML:
         if clip > 0:
             norm = torch.nn.utils.clip_grad_norm_(params, clip)
         else:
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm([p.grad for p in params])))
         self.optimizer.step()
         self.steps += 1
         norm = float(norm)

@@ -207,11 +207,9 @@ def run_experiment(learners: Sequence[str], stream_name: str, *, num_tasks: int,
                    desc="fastcl run", position=0, dynamic_ncols=True)
     done: dict[tuple[str, int], int] = {}
 
-    def advance(name: str, seed: int) -> Callable[[int, list[float]], None]:
-        def on_task_end(t: int, accs: list[float]) -> None:
-            overall.update(t + 1 - done.get((name, seed), 0))  # a resumed run jumps over its done tasks
-            done[name, seed] = t + 1
-        return on_task_end
+    def tasks_done(name: str, seed: int, n: int) -> None:
+        overall.update(n - done.get((name, seed), 0))  # a resumed run jumps over its done tasks
+        done[name, seed] = n
 
     try:
         for name in learners:
@@ -223,8 +221,9 @@ def run_experiment(learners: Sequence[str], stream_name: str, *, num_tasks: int,
                 begin = time.perf_counter()
                 res = run_stream(learner, stream, batch_size=batch_size, seed=seed, checkpoint=ck, resume=resume,
                                  progress=progress, fingerprint=fp, log=lambda m: log(f"{name} seed {seed}: {m}"),
-                                 check_finite=check_finite, on_task_end=advance(name, seed))
-                advance(name, seed)(num_tasks - 1, [])  # a resumed run that was already done
+                                 check_finite=check_finite,
+                                 on_task_end=lambda t, _accs: tasks_done(name, seed, t + 1))
+                tasks_done(name, seed, num_tasks)  # also a resumed run that was already done
                 wall = time.perf_counter() - begin
                 summary = res.summary(skip_first)
                 config = dataclasses.asdict(learner.config)

@@ -26,21 +26,25 @@ def _speedup(other, fused) -> str:
     return f"{other['us'] / fused['us']:.2f}x"
 
 
-def update_table(res: Results) -> tuple[list[str], list[list[str]]]:
+def _groups(res: Results, kind: str):
+    """``(row, get)`` once per (op, case, threads) of the ops of ``kind``, in the order measured;
+    ``get(impl)`` is that group's row of ``impl`` (or None)."""
     idx = _index(res.rows)
+    seen = set()
+    for r in res.rows:
+        key = (r["op"], r["case"], r["threads"])
+        if OPS[r["op"]].kind != kind or key in seen:
+            continue
+        seen.add(key)
+        yield r, (lambda impl, key=key: idx.get(key + (impl,)))
+
+
+def update_table(res: Results) -> tuple[list[str], list[list[str]]]:
     header = ["op", "case", "thr", "fused us", "GB/s", "% copy_", "copy_ GB/s", "chain us", "loop us", "foreach us",
               "compile us", "compile(foreach) us", "vs chain", "vs loop", "vs foreach", "vs compile",
               "vs compile(foreach)"]
     body = []
-    seen = []
-    for r in res.rows:
-        if OPS[r["op"]].kind != "update":
-            continue
-        key = (r["op"], r["case"], r["threads"])
-        if key in seen:
-            continue
-        seen.append(key)
-        get = lambda impl: idx.get(key + (impl,))  # noqa: E731
+    for r, get in _groups(res, "update"):
         f = get("fused")
         ok = f is not None and "us" in f
         body.append([
@@ -56,18 +60,10 @@ def update_table(res: Results) -> tuple[list[str], list[list[str]]]:
 
 
 def memory_table(res: Results) -> tuple[list[str], list[list[str]]]:
-    idx = _index(res.rows)
     header = ["op", "case", "thr", "fused us", "loop us", "reference us", "randint+index_select us",
               "vs loop", "vs reference", "vs randint"]
-    body, seen = [], []
-    for r in res.rows:
-        if OPS[r["op"]].kind != "memory":
-            continue
-        key = (r["op"], r["case"], r["threads"])
-        if key in seen:
-            continue
-        seen.append(key)
-        get = lambda impl: idx.get(key + (impl,))  # noqa: E731
+    body = []
+    for r, get in _groups(res, "memory"):
         f = get("fused")
         body.append([r["op"], r["case"], str(r["threads"]), _fmt_us(f), _fmt_us(get("loop")),
                      _fmt_us(get("reference")), _fmt_us(get("randint")), _speedup(get("loop"), f),
