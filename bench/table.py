@@ -1,4 +1,4 @@
-"""Prints the README's benchmark tables: every fused op against its eager chain, per-tensor
+"""Prints the benchmark tables of docs/benchmarks.md: every fused op against its eager chain, per-tensor
 loop, torch._foreach and torch.compile forms, at 1 and 2 threads, in one run.
 
     python bench/table.py                 # full run (1e7 cases, T=32, torch.compile): minutes
