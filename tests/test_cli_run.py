@@ -33,7 +33,7 @@ def test_every_learner_runs(tmp_path, data_dir, name):
     rc = main(["run", name, "--tasks", "2", "--per-task", "20", "--data", str(data_dir), "--out",
                str(tmp_path / name), "--no-progress", "--no-plots"]
               + (["--set", "k=2", "--set", "finetune_steps=2"] if name.startswith("hal") else [])
-              # the inner-LR ablation diverges (README: "diverged"): the finite check would stop it
+              # the inner-LR ablation diverges (docs/emcl.md: "diverged"): the finite check would stop it
               + (["--no-finite-check"] if name in ("emcl-nopgd", "emcl-lr") else []))
     assert rc == 0
 

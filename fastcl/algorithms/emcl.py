@@ -46,7 +46,7 @@ Choices the paper leaves open (named so they can be changed):
   losses of the examples of b (Eq. 1 sums the task-wise losses, each a sum over its examples),
   i.e. |b| times the gradient of the mean loss; ``"mean"``: their mean (the default before v4).
   On the MNIST MLP the summed Omega is ~1e-5 to 1e-2, still small against 1/(gamma*lambda):
-  README, EMCL section, for what the importance changes on the two MNIST streams.
+  docs/emcl.md ("What the paper leaves open") for what the importance changes on the two MNIST streams.
 * ``importance_norm``: ``False`` (default) is Eq. 13 verbatim, ``Omega = |g*theta|``. ``True``
   divides Omega by its mean over each parameter tensor (relative importance, mean 1): the prox
   then acts strongly (about a 4x shrink per inner step at h = 1).

@@ -21,7 +21,7 @@ of MAML); ``second_order=False`` treats them as constants (first-order La-MAML, 
 MNIST runs use: ``run_experiments.sh`` passes no ``--second_order``); both give the rates their
 gradient through the inner trajectory. After the glances the batch is offered to the reservoir.
 
-Other differences from the authors' code (see the README's EMCL / La-MAML section for the list):
+Other differences from the authors' code (see docs/emcl.md, "La-MAML against the authors' code", for the list):
 no inner-gradient clamp (the public code computes one and discards the result, so the step is
 the same); the batch joins the reservoir after its glances, not during the first one; the inner
 loop keeps the batch's order at every glance (the public code re-shuffles it); the inner steps
