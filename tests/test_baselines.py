@@ -29,7 +29,8 @@ def test_agem_step_projects_conflicting_gradients():
     # task 1 relabels task 0's inputs: its gradient must conflict with the memory's
     x, y = s[0].x_train[:10], (s[0].y_train[:10] + 1) % 4
     state = agem.generator.get_state()
-    mx, my, _ = agem.memory.sample(7, tasks=range(1), generator=agem.generator)
+    mx, my, _ = agem.memory.sample(7, tasks=range(1), generator=agem.generator, replacement=False)
+    assert mx.shape[0] == 7 and mx.unique(dim=0).shape[0] == 7  # distinct examples (authors' code)
     agem.generator.set_state(state)
     theta = [p.detach().clone().requires_grad_(True) for p in agem.params]
     names = [n for n, _ in agem.model.named_parameters()]

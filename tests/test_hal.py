@@ -51,7 +51,7 @@ def test_exact_anchoring_gradient_matches_autograd():
         x, y = s[1].x_train[:10].double(), s[1].y_train[:10]
         # replay batch and anchors the step will use (same generator states)
         g_state, a_state = hal.generator.get_state(), hal.anchor_generator.get_state()
-        mx, my, _ = hal.memory.sample(hal.config.replay_batch, tasks=range(1), generator=hal.generator)
+        mx, my, _ = hal.replay(1)
         e, _ = hal._anchor_batch(1)
         hal.generator.set_state(g_state)
         hal.anchor_generator.set_state(a_state)

@@ -49,9 +49,9 @@ def test_er_replays_only_previous_tasks(monkeypatch):
     seen = []
     orig = learner.memory.sample
 
-    def spy(n, tasks=None, generator=None):
+    def spy(n, tasks=None, generator=None, **kw):
         seen.append(list(tasks))
-        return orig(n, tasks=tasks, generator=generator)
+        return orig(n, tasks=tasks, generator=generator, **kw)
 
     monkeypatch.setattr(learner.memory, "sample", spy)
     run_stream(learner, s, progress=False)
@@ -152,3 +152,44 @@ def test_seed_left_out_follows_torch_seed():
     assert _replay_draws(1, 5)[0] == _replay_draws(2, 5)[0] == 5
     with pytest.raises(ValueError, match="seed"):
         ERConfig(seed=-1)
+
+
+def test_er_replays_distinct_examples_by_default_as_the_authors_code():
+    """ER-Ring draws its replay batch without replacement (the HAL / A-GEM authors' code):
+    distinct stored examples, all of them while fewer than a batch are held;
+    replay_replacement=True draws with replacement."""
+    s = _stream(num_tasks=2)
+    learner = _er(s, m=1)  # task 0 leaves 4 examples (1 per class) in memory
+    assert learner.config.replay_replacement is False
+    for i in range(0, 60, 10):
+        learner.observe(s[0].x_train[i:i + 10], s[0].y_train[i:i + 10], 0)
+    for _ in range(20):
+        mx, my, mt = learner.replay(1)
+        assert mx.shape[0] == 4 and sorted(my.tolist()) == [0, 1, 2, 3] and (mt == 0).all()
+    torch.manual_seed(0)
+    old = ERRing(MLP((20, 32, 4)), 4, (20,), ERConfig(per_class=1, seed=0, replay_replacement=True))
+    for i in range(0, 60, 10):
+        old.observe(s[0].x_train[i:i + 10], s[0].y_train[i:i + 10], 0)
+    draws = [old.replay(1)[1] for _ in range(20)]
+    assert all(d.numel() == 10 for d in draws)  # 10 draws from 4 examples: repeats
+
+
+@pytest.mark.parametrize("name", ["er-ring", "hal", "agem"])
+def test_ring_learners_grow_past_num_tasks(name, tmp_path):
+    """config.num_tasks only preallocates: a stream longer than it runs, and resumes exactly."""
+    from fastcl.algorithms import AGEM, AGEMConfig, HAL, HALConfig
+
+    s = _stream(num_tasks=4)
+    kinds = {"er-ring": (ERRing, ERConfig), "hal": (HAL, HALConfig), "agem": (AGEM, AGEMConfig)}
+    cls, cfg = kinds[name]
+
+    def make():
+        torch.manual_seed(3)
+        return cls(MLP((20, 32, 4)), 4, (20,), cfg(lr=0.05, per_class=1, num_tasks=1, seed=1))
+
+    full = run_stream(make(), s, progress=False, seed=1)
+    assert full.acc.values.shape == (4, 4)
+    ck = tmp_path / "ck.pt"
+    run_stream(make(), s, progress=False, seed=1, checkpoint=ck, stop_after=2)
+    resumed = run_stream(make(), s, progress=False, seed=1, checkpoint=ck, resume=True)
+    assert (full.acc.values == resumed.acc.values).all()

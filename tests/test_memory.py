@@ -201,7 +201,7 @@ RING_ADD_BAD = {
     "y length": (lambda a: a.update(y=a["y"][:2]), ValueError, "y"),
     "label high": (lambda a: a.update(y=torch.tensor([0, 3, 1])), ValueError, "y"),
     "label negative": (lambda a: a.update(y=torch.tensor([0, -1, 1])), ValueError, "y"),
-    "task high": (lambda a: a.update(task=2), ValueError, "task"),
+    "label high, new task": (lambda a: a.update(y=torch.tensor([0, 3, 1]), task=5), ValueError, "y"),
     "task negative": (lambda a: a.update(task=-1), ValueError, "task"),
     "task float": (lambda a: a.update(task=1.0), TypeError, "task"),
 }
@@ -284,6 +284,66 @@ def test_ring_load_state_dict_rejects_mismatch_and_changes_nothing():
         after = b.state_dict()
         assert torch.equal(after["data"], before["data"]) and torch.equal(after["counts"], before["counts"])
         assert b.inserted == (2, 0)
+
+
+@given(ring_streams(), st.integers(0, 12), st.integers(0, 2**31 - 1))
+def test_ring_sample_without_replacement_is_a_random_subset(stream, n, seed):
+    """replacement=False: min(n, N) distinct filled rows of the selected tasks, in random order."""
+    num_tasks, num_classes, m, batches = stream
+    buf = RingBuffer(num_tasks, num_classes, m, (3,), dtype=torch.float64)
+    next_id = 1
+    for task, labels in batches:
+        buf.add(examples(range(next_id, next_id + len(labels))), torch.tensor(labels, dtype=torch.int64), task)
+        next_id += len(labels)
+    held = buf.tasks_with_data()
+    if not held:
+        return
+    sel = held[: max(1, len(held) - 1)]
+    filled = buf.counts[sel].clamp(max=m)
+    n_filled = int(filled.sum())
+    rows = buf.sample_indices(n, tasks=sel, generator=torch.Generator().manual_seed(seed), replacement=False)
+    assert rows.numel() == min(n, n_filled) and rows.unique().numel() == rows.numel()
+    for r in rows.tolist():  # every row is a filled slot of a selected task
+        t, c, slot = r // (m * num_classes), r // m % num_classes, r % m
+        assert t in sel and slot < int(buf.counts[t, c].clamp(max=m))
+    x, y, t = buf.sample(n, tasks=sel, generator=torch.Generator().manual_seed(seed), replacement=False)
+    assert torch.equal(x, buf.data[rows]) and torch.equal(y, rows // m % num_classes)
+    assert torch.equal(t, rows // (m * num_classes))
+
+
+def test_ring_sample_without_replacement_is_uniform():
+    """Each of the N filled slots is in a draw of k < N with probability k / N."""
+    buf = RingBuffer(2, 3, 2, (1,))
+    buf.add(torch.zeros(6, 1), torch.tensor([0, 0, 1, 1, 2, 2]), 0)
+    buf.add(torch.zeros(1, 1), torch.tensor([1]), 1)
+    g = torch.Generator().manual_seed(0)
+    hits = torch.zeros(buf.capacity, dtype=torch.int64)
+    draws = 4000
+    for _ in range(draws):
+        hits[buf.sample_indices(3, generator=g, replacement=False)] += 1
+    filled = [0, 1, 2, 3, 4, 5, 8]  # task 1, class 1: ring row (1 * 3 + 1) * 2
+    assert hits[[r for r in range(buf.capacity) if r not in filled]].sum() == 0
+    assert chi2_stat(hits[filled], draws * 3 / 7) < chi2_critical(len(filled) - 1)
+
+
+def test_ring_grows_past_num_tasks_and_keeps_its_contents():
+    buf = RingBuffer(1, 2, 2, (3,), dtype=torch.float64)
+    buf.add(examples([1, 2, 3]), torch.tensor([0, 1, 0]), 0)
+    before = buf.data.clone()
+    buf.add(examples([4]), torch.tensor([1]), 3)  # task 3 of a memory preallocated for 1
+    assert buf.num_tasks == 4 and buf.capacity == 4 * 2 * 2 and buf.inserted == (3, 0, 0, 1)
+    assert torch.equal(buf.data[:4], before) and buf.counts.shape == (4, 2)
+    x, y, t = buf.sample(5, tasks=[3], replacement=False)
+    assert x.shape[0] == 1 and int(y) == 1 and int(t) == 3 and float(x[0, 0]) == 4
+    # a grown memory's state loads into a fresh, smaller one (which takes its size)
+    fresh = RingBuffer(1, 2, 2, (3,), dtype=torch.float64)
+    fresh.load_state_dict(buf.state_dict())
+    assert fresh.num_tasks == 4 and torch.equal(fresh.data, buf.data) and fresh.inserted == buf.inserted
+    with pytest.raises(ValueError, match="y"):  # a rejected batch of a new task does not grow it
+        fresh.add(examples([5]), torch.tensor([2]), 6)
+    assert fresh.num_tasks == 4
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert torch.equal(fresh.sample_indices(9, generator=g1), buf.sample_indices(9, generator=g2))
 
 
 # ============================================================================ ReservoirBuffer

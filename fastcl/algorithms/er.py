@@ -47,12 +47,19 @@ class ERConfig(LearnerConfig):
     Attributes:
         per_class: m, examples kept per class per task (1, 3 or 5 in the paper).
         replay_batch: examples sampled from memory per step (10, as the stream batch).
-        num_tasks: memory capacity in tasks (rings are preallocated).
+        num_tasks: tasks the memory preallocates (23); a later task grows it, so this is only a
+            size hint.
+        replay_replacement: how the replay batch is drawn from the memory of previous tasks.
+            False (default, the HAL / A-GEM authors' code: ``np.random.choice(filled,
+            eps_mem_batch, replace=False)``): ``replay_batch`` distinct stored examples, or every
+            stored example while fewer are held. True: ``replay_batch`` draws with replacement
+            (fastcl's default before 0.6; the fused ``ring_sample`` op).
     """
 
     per_class: int = 1
     replay_batch: int = 10
     num_tasks: int = 23
+    replay_replacement: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -78,13 +85,12 @@ class ERRing(ModelLearner):
         """A replay batch from the memory of tasks before ``task``, or None before any."""
         if task == 0 or self.config.replay_batch == 0 or not any(self.memory.inserted[:task]):
             return None
-        return self.memory.sample(self.config.replay_batch, tasks=range(task), generator=self.generator)
+        return self.memory.sample(self.config.replay_batch, tasks=range(task), generator=self.generator,
+                                  replacement=self.config.replay_replacement)
 
     def _start(self, x: Tensor, y: Tensor, task: int) -> None:
-        """Check an incoming batch (and that the memory has room for its task); begin its task."""
+        """Check an incoming batch; begin its task."""
         self._check_batch(x, y, task)
-        if task >= self.config.num_tasks:
-            raise ValueError(f"task {task} exceeds the memory's num_tasks={self.config.num_tasks}")
         self._begin(task)
 
     def _joined_batch(self, x: Tensor, y: Tensor, task: int) -> tuple[Tensor, Tensor, Tensor | int]:

@@ -318,7 +318,8 @@ class HAL(ERRing):
         < task in batches of ``replay_batch`` (``"paper"``)."""
         if self.config.anchor_procedure == "code":
             for _ in range(self.config.finetune_steps):
-                yield self.memory.sample(self.config.replay_batch, tasks=range(task), generator=self.anchor_generator)
+                yield self.memory.sample(self.config.replay_batch, tasks=range(task), generator=self.anchor_generator,
+                                         replacement=self.config.replay_replacement)
             return
         mx, my, mt = self._stored(task)
         order = torch.randperm(len(my), generator=self.anchor_generator, device=self.device)
@@ -379,8 +380,16 @@ class HAL(ERRing):
             return torch.stack(rows).to(means.dtype)
         return means.clamp(lo, hi)
 
+    def _reserve_anchors(self, num_tasks: int) -> None:
+        """Grow the anchor slots to ``num_tasks`` tasks (``config.num_tasks`` only preallocates)."""
+        extra = num_tasks * self.num_classes - self.anchor_mask.numel()
+        if extra > 0:
+            self.anchor_x = torch.cat([self.anchor_x, self.anchor_x.new_zeros((extra, *self.input_shape))])
+            self.anchor_mask = torch.cat([self.anchor_mask, self.anchor_mask.new_zeros(extra)])
+
     def build_anchors(self, task: int) -> Tensor:
         """Learn the anchors of ``task`` (Eq. 9) and store them; returns them ``[C, *input_shape]``."""
+        self._reserve_anchors(task + 1)
         labels = self._task_labels(task)
         e = self._initial_anchors(task, labels)
         if self.config.anchors == "hindsight" and self.config.k > 0:
@@ -435,9 +444,7 @@ class HAL(ERRing):
 
     def end_task(self, task: int) -> None:
         self._check_task(task)
-        if task >= self.config.num_tasks:
-            raise ValueError(f"task must be in [0, {self.config.num_tasks}) (num_tasks of the config, the anchor "
-                             f"memory's capacity), got {task}")
+        self._reserve_anchors(task + 1)
         self.build_anchors(task)
         self._reset_task_stats()  # discard phi_t
 
@@ -455,9 +462,14 @@ class HAL(ERRing):
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        ax, am = state["anchor_x"], state["anchor_mask"]
+        if ax.shape[1:] != self.anchor_x.shape[1:] or am.shape != ax.shape[:1]:
+            raise ValueError(f"state['anchor_x'] {tuple(ax.shape)} / state['anchor_mask'] {tuple(am.shape)} do not "
+                             f"fit this learner's anchors [*, {', '.join(map(str, self.input_shape))}]")
         super().load_state_dict(state)
-        self.anchor_x.copy_(state["anchor_x"])
-        self.anchor_mask.copy_(state["anchor_mask"])
+        # the anchor slots grow with the tasks: take the state's size
+        self.anchor_x = ax.to(self.anchor_x).clone()
+        self.anchor_mask = am.to(self.anchor_mask).clone()
         self._past = None
         self.anchor_generator.set_state(state["anchor_generator"])
         self.phi_t = None if state["phi_t"] is None else state["phi_t"].clone()

@@ -33,7 +33,9 @@ class AGEMConfig(ERConfig):
     """A-GEM hyperparameters (HAL grid: lr 0.1 on MNIST).
 
     Attributes:
-        ref_batch: examples of the memory in the reference gradient (A-GEM uses 256).
+        ref_batch: examples of the memory in the reference gradient (A-GEM uses 256), drawn as
+            ``replay_replacement`` says (default: distinct examples, every stored one while
+            fewer than 256 are held, as in the A-GEM authors' code).
     """
 
     ref_batch: int = 256
@@ -56,7 +58,8 @@ class AGEM(ERRing):
         loss = self.loss(x, y, task)
         g = torch.autograd.grad(loss, self.params)
         if task > 0 and any(self.memory.inserted[:task]):
-            mx, my, mt = self.memory.sample(self.config.ref_batch, tasks=range(task), generator=self.generator)
+            mx, my, mt = self.memory.sample(self.config.ref_batch, tasks=range(task), generator=self.generator,
+                                            replacement=self.config.replay_replacement)
             ref_loss = self.loss(mx, my, mt)
             g_ref = torch.autograd.grad(ref_loss, self.params)
             dot = sum((a * b).sum() for a, b in zip(g, g_ref))
