@@ -407,10 +407,17 @@ def test_every_learner_treats_an_empty_batch_as_a_no_op(name):
     assert not all(torch.equal(a, b) for a, b in zip(before, learner.model.parameters())) or name == "multitask"
 
 
-def test_hal_end_task_names_the_task_and_its_range():
+def test_hal_end_task_refuses_a_bad_task_and_grows_past_num_tasks():
     stream = _stream()
     learner = build_learner("hal", stream, 1, {}, seed=0)
     learner.observe(stream[0].x_train[:10], stream[0].y_train[:10], 0)
-    with pytest.raises(ValueError, match=r"task must be in \[0, 3\) .* got 5"):
-        learner.end_task(5)
-    learner.end_task(0)  # the refused call changed nothing: the task ends normally
+    before = learner.state_dict()
+    for bad in (-1, 1.0, True):
+        with pytest.raises(ValueError, match=r"task must be an int >= 0"):
+            learner.end_task(bad)
+    after = learner.state_dict()  # the refused calls changed nothing
+    assert torch.equal(before["anchor_x"], after["anchor_x"]) and torch.equal(before["anchor_mask"], after["anchor_mask"])
+    # num_tasks (3 here) only preallocates: a later task (tasks 1-4 skipped) ends with its anchors built
+    learner.end_task(5)
+    assert learner.anchor_mask.numel() == 6 * learner.num_classes
+    assert learner.anchor_mask.view(6, -1)[5].all() and not learner.anchor_mask.view(6, -1)[:5].any()

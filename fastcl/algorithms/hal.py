@@ -444,6 +444,7 @@ class HAL(ERRing):
 
     def end_task(self, task: int) -> None:
         self._check_task(task)
+        self.memory.reserve(task + 1)  # a task none of whose batches reached the memory: its ring is empty
         self._reserve_anchors(task + 1)
         self.build_anchors(task)
         self._reset_task_stats()  # discard phi_t
