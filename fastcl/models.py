@@ -9,7 +9,10 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+import operator
+import re
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -19,15 +22,94 @@ __all__ = ["MLP", "BasicBlock", "ReducedResNet18", "ConvNet", "param_shapes"]
 
 
 class MLP(nn.Sequential):
-    """Fully connected ReLU net; ``sizes`` are the widths from input to output (784, 100, 100, 10)."""
+    """Fully connected ReLU net; ``sizes`` are the widths from input to output (784, 100, 100, 10).
 
-    def __init__(self, sizes: Sequence[int] = (784, 100, 100, 10)):
-        layers: list[nn.Module] = [nn.Flatten()]
+    Its modules are exactly those of the plain ``nn.Sequential(nn.Linear(784, 100), nn.ReLU(),
+    nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 10))``, so its state-dict keys (``0.weight``,
+    ``0.bias``, ``2.weight``, ...) are that Sequential's and either loads the other's weights.
+    ``forward`` flattens ``[B, *shape]`` inputs to ``[B, prod(shape)]`` first (``x.flatten(1)``).
+    State dicts of fastcl before 0.7, whose MLP began with an ``nn.Flatten`` module (keys
+    ``1.weight``, ``3.weight``, ...), still load: their keys are renamed on load.
+
+    For HAL (:func:`fastcl.algorithms.hal.split_model`), :meth:`features` is the net up to the
+    last hidden ReLU and :attr:`head` the last Linear.
+
+    Args:
+        sizes: the widths, at least two (input, output).
+        generator: initialise the weights from this generator instead of torch's global one (which
+            is then left untouched). The initialisation is ``nn.Linear``'s default either way
+            (Kaiming-uniform weights, ``a = sqrt(5)``; biases uniform in +-1/sqrt(fan_in)), so
+            ``MLP(s, generator=torch.Generator().manual_seed(k))`` equals ``torch.manual_seed(k);
+            MLP(s)`` on the CPU.
+    """
+
+    def __init__(self, sizes: Sequence[int] = (784, 100, 100, 10), generator: Optional[torch.Generator] = None):
+        given = tuple(sizes)
+        try:
+            sizes = tuple(operator.index(n) for n in given)
+        except TypeError:
+            sizes = ()
+        if len(sizes) < 2 or min(sizes) < 1 or any(isinstance(n, bool) for n in given):
+            raise ValueError(f"sizes must be at least two ints >= 1 (input, ..., output widths), got {given!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        layers: list[nn.Module] = []
         for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-            layers.append(nn.Linear(fan_in, fan_out))
+            if generator is None:
+                layers.append(nn.Linear(fan_in, fan_out))
+            else:  # no draw from the global generator: allocate, then initialise from ``generator``
+                layer = nn.utils.skip_init(nn.Linear, fan_in, fan_out)
+                _init_linear_(layer, generator)
+                layers.append(layer)
             if i < len(sizes) - 2:
                 layers.append(nn.ReLU())
         super().__init__(*layers)
+        self.sizes = sizes
+        self._register_load_state_dict_pre_hook(_rename_flatten_keys)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.flatten(1))
+
+    def features(self, x: Tensor) -> Tensor:
+        """The last hidden layer's activations ``[B, sizes[-2]]`` (the input for a one-layer net)."""
+        x = x.flatten(1)
+        for m in list(self)[:-1]:
+            x = m(x)
+        return x
+
+    @property
+    def head(self) -> nn.Linear:
+        """The output layer (the last Linear)."""
+        return self[-1]
+
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):  # a slice is a plain Sequential (MLP's constructor takes sizes)
+            return nn.Sequential(*list(self)[idx])
+        return super().__getitem__(idx)
+
+
+def _init_linear_(layer: nn.Linear, generator: torch.Generator) -> None:
+    """``nn.Linear.reset_parameters`` drawing from ``generator``."""
+    with torch.no_grad():
+        nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
+        fan_in = layer.weight.shape[1]
+        bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+        nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+
+
+def _rename_flatten_keys(state_dict, prefix, local_metadata, strict, missing_keys,
+                         unexpected_keys, error_msgs) -> None:
+    """Load hook of :class:`MLP`: a state dict of the old layout (an ``nn.Flatten`` at index 0, so
+    the Linears at odd indices: ``1.weight``, ``3.weight``, ...) gets the keys of the plain
+    Sequential (``0.weight``, ``2.weight``, ...). Linears of the new layout sit at even indices,
+    so ``0.weight`` tells the layouts apart."""
+    if prefix + "0.weight" in state_dict or prefix + "1.weight" not in state_dict:
+        return
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.(weight|bias)$")
+    for key in list(state_dict):
+        m = pattern.match(key)
+        if m:
+            state_dict[f"{prefix}{int(m.group(1)) - 1}.{m.group(2)}"] = state_dict.pop(key)
 
 
 class BasicBlock(nn.Module):

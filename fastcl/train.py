@@ -83,9 +83,16 @@ def run_stream(learner: Learner, stream: Stream, *, batch_size: int = 10, seed: 
                log: Optional[Callable[[str], None]] = None, check_finite: bool = True) -> RunResult:
     """Train ``learner`` on ``stream`` task by task and fill the accuracy matrix.
 
+    For each task ``t`` in order: ``learner.begin_task(t)``, ``learner.observe(x, y, t)`` for
+    every batch of the task's training split (one pass, shuffled with ``seed``),
+    ``learner.end_task(t)``, then the test accuracy of every task of the stream (``predict``),
+    row ``t`` of the matrix. This is the loop ``fastcl run`` uses; it is also the entry point
+    for a stream of one's own tensors (:meth:`fastcl.data.Stream.from_tensors`), available as
+    ``fastcl.run_stream``.
+
     Args:
         learner: any :class:`~fastcl.algorithms.base.Learner`.
-        stream: the tasks.
+        stream: the tasks, a :class:`~fastcl.data.Stream`.
         batch_size: examples per incoming batch.
         seed: seed of the batch order.
         checkpoint: file written after every task (and read with ``resume``), checksummed, with the
@@ -103,8 +110,13 @@ def run_stream(learner: Learner, stream: Stream, *, batch_size: int = 10, seed: 
             there; some learners return a NaN loss when they train nothing); checked once per task,
             before the checkpoint.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not isinstance(stream, Stream):
+        raise TypeError(f"stream must be a fastcl.data.Stream (build one from tensors with "
+                        f"Stream.from_tensors), got {type(stream).__name__}")
+    if not isinstance(learner, Learner):
+        raise TypeError(f"learner must be a fastcl.algorithms.Learner, got {type(learner).__name__}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     result = RunResult(AccuracyMatrix(len(stream)))
     gen = torch.Generator().manual_seed(seed)
     start = 0
@@ -132,6 +144,7 @@ def run_stream(learner: Learner, stream: Stream, *, batch_size: int = 10, seed: 
                    desc=f"task {t + 1}/{len(stream)}", leave=False, unit="batch")
         losses = []
         begin = time.perf_counter()
+        learner.begin_task(t)
         for i, (x, y) in enumerate(bar):
             losses.append(learner.observe(x, y, t))
             guard.record(t, f"batch {i}", input=x, weights=getattr(learner, "params", ()))

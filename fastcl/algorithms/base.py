@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import abc
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Optional, Sequence
 
 import torch
@@ -27,7 +27,19 @@ from torch import Tensor, nn
 
 from .. import ops
 
-__all__ = ["Learner", "ModelLearner", "LearnerConfig", "resolve_seed"]
+__all__ = ["Learner", "ModelLearner", "LearnerConfig", "resolve_seed", "reject_inert"]
+
+
+def reject_inert(cfg: Any, names: Sequence[str], reason: str) -> None:
+    """Refuse settings that do nothing: each of ``names`` whose value in the config dataclass
+    ``cfg`` differs from the field's default is a ValueError naming the field and ``reason`` (why
+    the learner never reads it), instead of being silently ignored."""
+    defaults = {f.name: f.default for f in fields(cfg)}
+    for name in names:
+        value = getattr(cfg, name)
+        if value != defaults[name]:
+            raise ValueError(f"{name}={value!r} does nothing in {type(cfg).__name__}: {reason}; "
+                             f"leave {name} at its default {defaults[name]!r}")
 
 
 @dataclass

@@ -87,7 +87,8 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..ops import reference
-from .lamaml import ReplayMetaConfig, ReplayMetaLearner, _check_positive, _reject_unused_lr, is_plain_mlp, mlp_grads
+from .lamaml import (ReplayMetaConfig, ReplayMetaLearner, _check_positive, _reject_unused_lr, is_plain_mlp, mlp_grads,
+                     relu_mlp, warn_slow_path, why_not_plain_mlp)
 
 __all__ = ["EMCL", "EMCLConfig", "EMCL_VARIANTS", "IMPORTANCE_SCALES"]
 
@@ -125,10 +126,12 @@ class EMCLConfig(ReplayMetaConfig):
         importance_scale: "sum" (default; Eq. 1: L_t of Eq. 13 summed over the examples of b) or
             "mean" (their mean, the default before v4).
         uniform_importance: the inner loop uses h's mean over all parameters instead of h (an
-            ablation: the importance keeps its scale but tells no parameters apart).
+            ablation: the importance keeps its scale but tells no parameters apart; variant "lr",
+            whose inner loop has no h, ignores it).
         variant: "emcl", or an ablation: "nopgd", "lr", "si".
         inner_replay: with a memory, run the inner loop over the meta batch (incoming + replay,
             True) or over the incoming batch only (False; replay then only enters the importance).
+            Without a memory (``memory_size=0``) both are the same.
         fused_inner: on a plain ReLU MLP (single head, float32 / float64), run the inner loop
             as one :func:`fastcl.ops.mlp_prox_steps_` call (True); False: per-example gradients
             by hand and one :func:`fastcl.ops.prox_sgd_` call per step (the same numbers to
@@ -189,8 +192,11 @@ class EMCL(ReplayMetaLearner):
         self.fast_model = copy.deepcopy(model)
         self.fast = [p for p in self.fast_model.parameters() if p.requires_grad]
         self.by_hand = is_plain_mlp(model)  # MLP gradients by hand (fastcl.algorithms.lamaml.mlp_grads)
-        # the whole inner loop in one fused call (single head: the op has no logit mask)
-        self.fused_inner = (config.fused_inner and self.by_hand and self.mask_table is None
+        if not self.by_hand:
+            warn_slow_path(self, why_not_plain_mlp(model), "gradients by hand and the fused inner loop")
+        # the whole inner loop in one fused call (single head: the op has no logit mask; the op
+        # puts a ReLU after every hidden Linear)
+        self.fused_inner = (config.fused_inner and relu_mlp(model) and self.mask_table is None
                             and self.params[0].dtype in (torch.float32, torch.float64))
         # reused buffers: the inner-step gradients, the importance gradient and |g*theta| (no page
         # faults from fresh parameter-sized tensors at every step)

@@ -32,6 +32,7 @@ weights without ``functional_call``.
 from __future__ import annotations
 
 import math
+import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
@@ -40,7 +41,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._warnings import SlowPathWarning
 from ..memory import ReservoirBuffer
+from ..models import MLP
 from .base import LearnerConfig, ModelLearner
 
 __all__ = ["META_LOSSES", "LaMAML", "LaMAMLConfig", "ReplayMetaConfig", "ReplayMetaLearner", "functional_forward"]
@@ -89,11 +92,13 @@ def _check_positive(cfg, *names: str) -> None:
 def functional_forward(model: nn.Module, names: Sequence[str], params: Sequence[Tensor], x: Tensor) -> Tensor:
     """``model(x)`` evaluated at ``params`` (in the order of ``names``) instead of its own.
 
-    An ``nn.Sequential`` of Flatten / Linear / ReLU (fastcl's :class:`~fastcl.models.MLP`) runs as
-    a plain chain of ``F.linear`` (no module swapping); any other model goes through
-    ``torch.func.functional_call``.
+    An ``nn.Sequential`` of Flatten / Linear / ReLU (a user's, or fastcl's
+    :class:`~fastcl.models.MLP`, which flattens its input first) runs as a plain chain of
+    ``F.linear`` (no module swapping); any other model goes through ``torch.func.functional_call``.
     """
     if isinstance(model, nn.Sequential) and all(isinstance(m, (nn.Flatten, nn.Linear, nn.ReLU)) for m in model):
+        if isinstance(model, MLP):
+            x = x.flatten(1)
         it = iter(params)
         for m in model:
             if isinstance(m, nn.Linear):
@@ -109,12 +114,49 @@ def functional_forward(model: nn.Module, names: Sequence[str], params: Sequence[
 
 def is_plain_mlp(model: nn.Module) -> bool:
     """True for an ``nn.Sequential`` of Flatten / Linear (with bias) / ReLU ending in a Linear: the
-    models :func:`mlp_grads` differentiates by hand."""
-    mods = list(model) if isinstance(model, nn.Sequential) else []
-    return (len(mods) > 0 and isinstance(mods[-1], nn.Linear)
-            and all(isinstance(m, (nn.Flatten, nn.ReLU)) or (isinstance(m, nn.Linear) and m.bias is not None)
-                    for m in mods)
-            and all(not isinstance(a, nn.ReLU) or isinstance(b, nn.Linear) for a, b in zip(mods, mods[1:])))
+    models :func:`mlp_grads` differentiates by hand. fastcl's :class:`~fastcl.models.MLP` is one,
+    and so is a user's ``nn.Sequential(nn.Linear(784, 100), nn.ReLU(), ..., nn.Linear(100, 10))``,
+    with or without a leading ``nn.Flatten``. :func:`why_not_plain_mlp` says what keeps a model out."""
+    return why_not_plain_mlp(model) is None
+
+
+def why_not_plain_mlp(model: nn.Module) -> Optional[str]:
+    """None for a plain MLP (see :func:`is_plain_mlp`), else why it is not one, naming the module."""
+    if not isinstance(model, nn.Sequential):
+        return f"the model is a {type(model).__name__}, not an nn.Sequential of Linear / ReLU layers"
+    mods = list(model)
+    for i, m in enumerate(mods):
+        if isinstance(m, nn.Linear):
+            if m.bias is None:
+                return f"module {i} is an nn.Linear without bias"
+        elif not isinstance(m, (nn.Flatten, nn.ReLU)):
+            return (f"module {i} is a {type(m).__name__} (only nn.Linear, nn.ReLU and nn.Flatten are "
+                    f"differentiated by hand)")
+        if isinstance(m, nn.Flatten) and any(isinstance(a, nn.Linear) for a in mods[:i]):
+            return f"module {i} is an nn.Flatten after a Linear"
+        if isinstance(m, nn.ReLU) and not (i > 0 and isinstance(mods[i - 1], nn.Linear)
+                                           and i + 1 < len(mods) and isinstance(mods[i + 1], nn.Linear)):
+            return f"module {i} is an nn.ReLU that does not sit between two nn.Linear"
+    if not mods or not isinstance(mods[-1], nn.Linear):
+        return "the nn.Sequential does not end in an nn.Linear"
+    return None
+
+
+def warn_slow_path(learner: object, reason: str, fast: str) -> None:
+    """Issue one :class:`fastcl.SlowPathWarning` for ``learner``: it runs per-step autograd because
+    of ``reason`` instead of ``fast``."""
+    warnings.warn(f"{type(learner).__name__} takes its slow path (per-step autograd) instead of {fast}: {reason}. "
+                  f"Same results, slower; an nn.Sequential of nn.Linear (with bias) / nn.ReLU layers, "
+                  f"optionally after an nn.Flatten, takes the fast one.", SlowPathWarning, stacklevel=3)
+
+
+def relu_mlp(model: nn.Module) -> bool:
+    """True for a plain MLP (see :func:`is_plain_mlp`) with a ReLU after every Linear but the last:
+    the net :func:`fastcl.ops.mlp_prox_steps_` runs (a hidden Linear without a ReLU is not one)."""
+    if not is_plain_mlp(model):
+        return False
+    relu = _relu_after(model)
+    return all(relu[:-1])
 
 
 _STRUCTURE: "weakref.WeakKeyDictionary[nn.Module, tuple[bool, ...]]" = weakref.WeakKeyDictionary()
@@ -287,6 +329,8 @@ class LaMAML(ReplayMetaLearner):
         super().__init__(model, num_classes, input_shape, config, task_classes)
         self.alpha = [torch.full_like(p, config.alpha0) for p in self.params]
         self.by_hand = is_plain_mlp(model)  # first order on an MLP: no autograd graph at all
+        if not self.by_hand and not config.second_order:
+            warn_slow_path(self, why_not_plain_mlp(model), "first-order gradients by hand")
 
     def _fast_loss(self, fast: Sequence[Tensor], x: Tensor, y: Tensor, tasks: Tensor | int) -> Tensor:
         out = functional_forward(self.model, self.param_names, fast, x)

@@ -51,6 +51,7 @@ from torch.func import functional_call, vmap
 
 from .. import ops
 from ..data.meta_tasks import TaskBatch
+from .base import reject_inert
 
 __all__ = ["MAMLConfig", "MAML", "MetaStepResult", "LOSSES"]
 
@@ -83,7 +84,7 @@ class MAMLConfig:
         inner_lr: alpha, the inner SGD step size (0.01).
         inner_steps: number of inner SGD steps during meta-training (1 in MAML's sinusoid runs).
         inner_lrs: per-step step sizes alpha_s (length ``inner_steps``); empty: ``inner_lr`` at
-            every step.
+            every step (with ``inner_lrs``, ``inner_lr`` must stay at its default).
         meta_lr: beta, Adam's step size for the meta-update (0.001).
         first_order: FOMAML: drop the second-order terms of the meta-gradient.
         clip_grad: clip the meta-gradient's global L2 norm to this value (0: no clipping).
@@ -115,6 +116,8 @@ class MAMLConfig:
         if self.inner_lrs and len(self.inner_lrs) != self.inner_steps:
             raise ValueError(f"inner_lrs must hold one step size per inner step ({self.inner_steps}), "
                              f"got {len(self.inner_lrs)}")
+        if self.inner_lrs:
+            reject_inert(self, ["inner_lr"], "inner_lrs gives every inner step its own step size")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
 

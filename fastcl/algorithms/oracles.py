@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .base import LearnerConfig, ModelLearner
+from .base import LearnerConfig, ModelLearner, reject_inert
 from .er import Finetune
 
 __all__ = ["CloneAndFinetune", "Multitask", "OracleConfig"]
@@ -30,7 +30,8 @@ class OracleConfig(LearnerConfig):
     """Oracle hyperparameters (HAL grid: lr 0.1 on MNIST).
 
     Attributes:
-        batch_size: Multitask's batch size over the pooled data (10, as the stream).
+        batch_size: Multitask's batch size over the pooled data (10, as the stream);
+            Clone-and-finetune accepts only the default (it trains on the stream's batches).
     """
 
     batch_size: int = 10
@@ -46,7 +47,10 @@ class CloneAndFinetune(Finetune):
 
     def __init__(self, model: nn.Module, num_classes: int, input_shape: Sequence[int],
                  config: Optional[OracleConfig] = None, task_classes=None):
-        super().__init__(model, num_classes, input_shape, config or OracleConfig(), task_classes)
+        config = config or OracleConfig()
+        reject_inert(config, ["batch_size"], "Clone-and-finetune trains on the stream's own batches "
+                     "(batch_size is Multitask's)")
+        super().__init__(model, num_classes, input_shape, config, task_classes)
         self.task_params: dict[int, dict[str, Tensor]] = {}
 
     def end_task(self, task: int) -> None:

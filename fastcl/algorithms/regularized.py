@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from .. import ops
-from .base import LearnerConfig, ModelLearner
+from .base import LearnerConfig, ModelLearner, reject_inert
 from .er import ERConfig, ERRing
 
 __all__ = ["AGEM", "AGEMConfig", "EWC", "EWCConfig"]
@@ -31,6 +31,8 @@ __all__ = ["AGEM", "AGEMConfig", "EWC", "EWCConfig"]
 @dataclass
 class AGEMConfig(ERConfig):
     """A-GEM hyperparameters (HAL grid: lr 0.1 on MNIST).
+
+    ``replay_batch`` (of :class:`ERConfig`) is not used: A-GEM replays nothing into the loss.
 
     Attributes:
         ref_batch: examples of the memory in the reference gradient (A-GEM uses 256), drawn as
@@ -44,6 +46,7 @@ class AGEMConfig(ERConfig):
         super().__post_init__()
         if self.ref_batch < 1:
             raise ValueError(f"ref_batch must be >= 1, got {self.ref_batch}")
+        reject_inert(self, ["replay_batch"], "A-GEM trains on the incoming batch only; its memory batch is ref_batch")
 
 
 class AGEM(ERRing):

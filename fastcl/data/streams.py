@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +31,8 @@ class Task:
 
     Attributes:
         task_id: position in the stream (0-based).
-        x_train, y_train: ``[n, *input_shape]`` float32 in [0, 1] and ``[n]`` int64 labels.
+        x_train, y_train: ``[n, *input_shape]`` floating inputs (float32 in [0, 1] for fastcl's
+            image streams) and ``[n]`` int64 labels.
         x_test, y_test: the test split, transformed like the training images.
         classes: the labels this task uses (multi-head models mask the others).
         info: how the task was made (permutation seed, rotation angle, ...).
@@ -61,6 +62,9 @@ class Task:
 class Stream:
     """A sequence of tasks sharing an input shape and a label space.
 
+    fastcl's streams come from :func:`make_stream` (``permuted_mnist`` ...); a stream of one's own
+    tensors from :meth:`Stream.from_tensors`. Train on either with :func:`fastcl.run_stream`.
+
     Attributes:
         name: the stream's name (``"permuted-mnist"``, ...).
         tasks: the tasks, in order.
@@ -83,6 +87,101 @@ class Stream:
 
     def __getitem__(self, i: int) -> Task:
         return self.tasks[i]
+
+    @classmethod
+    def from_tensors(cls, tasks: Sequence[Sequence[Tensor]], *, name: str = "custom",
+                     num_classes: Optional[int] = None, multi_head: bool = False,
+                     task_classes: Optional[Sequence[Sequence[int]]] = None) -> "Stream":
+        """A stream of the user's own tensors, one ``(x_train, y_train, x_test, y_test)`` per task.
+
+        Args:
+            tasks: in order, for every task ``(x_train, y_train, x_test, y_test)``: ``x_*`` floating
+                ``[n, *input_shape]`` (one shape and dtype for all tasks and splits; no range
+                required, but HAL keeps its anchors in ``HALConfig.input_range``, (0, 1) by
+                default), ``y_*`` ``[n]`` integer labels >= 0 (stored as int64). Every split needs
+                at least one example.
+            name: the stream's name (stored in :func:`fastcl.train.run_stream`'s checkpoints).
+            num_classes: size of the label space; ``None``: the largest label + 1.
+            multi_head: the task id selects the output head (split streams): a learner built
+                with ``task_classes=[t.classes for t in stream]`` masks the other tasks' logits.
+            task_classes: the labels of each task; ``None``: every label for a single-head stream,
+                the labels in the task's training split for a multi-head one.
+
+        Returns:
+            a :class:`Stream` whose task ``t`` holds the ``t``-th tuple (tensors not copied).
+
+        Raises:
+            TypeError / ValueError naming the task and the argument that is wrong.
+        """
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        try:
+            tasks = None if isinstance(tasks, (Tensor, str)) else list(tasks)
+        except TypeError:
+            tasks = None
+        if not tasks:
+            raise ValueError("tasks must be a non-empty sequence of (x_train, y_train, x_test, y_test) tuples")
+        if task_classes is not None and len(task_classes) != len(tasks):
+            raise ValueError(f"task_classes has {len(task_classes)} entries for {len(tasks)} tasks")
+        shape, dtype, device, top = None, None, None, -1
+        checked = []
+        for t, item in enumerate(tasks):
+            if isinstance(item, Tensor) or not isinstance(item, Sequence) or len(item) != 4:
+                raise TypeError(f"tasks[{t}] must be a tuple (x_train, y_train, x_test, y_test), "
+                                f"got {type(item).__name__}" + (f" of length {len(item)}"
+                                                                if isinstance(item, Sequence) else ""))
+            pair = []
+            for split, x, y in (("train", item[0], item[1]), ("test", item[2], item[3])):
+                where = f"tasks[{t}]: x_{split}"
+                if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+                    raise TypeError(f"tasks[{t}]: x_{split} and y_{split} must be tensors, got "
+                                    f"{type(x).__name__} and {type(y).__name__}")
+                if not x.is_floating_point() or x.dim() < 2:
+                    raise ValueError(f"{where} must be a floating tensor [n, *input_shape], got {x.dtype} "
+                                     f"{tuple(x.shape)}")
+                if shape is None:
+                    shape, dtype, device = tuple(x.shape[1:]), x.dtype, x.device
+                if tuple(x.shape[1:]) != shape or x.dtype != dtype or x.device != device:
+                    raise ValueError(f"{where} is {x.dtype} [n, {', '.join(map(str, x.shape[1:]))}] on {x.device}; "
+                                     f"tasks[0]'s x_train is {dtype} [n, {', '.join(map(str, shape))}] on "
+                                     f"{device}: every task needs one input shape, dtype and device")
+                if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool or y.shape != (x.shape[0],):
+                    raise ValueError(f"tasks[{t}]: y_{split} must hold integer labels of shape [{x.shape[0]}] "
+                                     f"(one per row of x_{split}), got {y.dtype} {tuple(y.shape)}")
+                if x.shape[0] == 0:
+                    raise ValueError(f"tasks[{t}]: the {split} split is empty")
+                if y.device != device:
+                    raise ValueError(f"tasks[{t}]: y_{split} is on {y.device}, x_{split} on {device}")
+                y = y.long()
+                if int(y.min()) < 0:
+                    raise ValueError(f"tasks[{t}]: y_{split} holds a negative label ({int(y.min())})")
+                top = max(top, int(y.max()))
+                pair += [x, y]
+            checked.append(pair)
+        if num_classes is None:
+            num_classes = top + 1
+        elif isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be an int >= 1 or None, got {num_classes!r}")
+        elif top >= num_classes:
+            raise ValueError(f"the labels go up to {top}, but num_classes={num_classes}")
+        out = []
+        for t, (xtr, ytr, xte, yte) in enumerate(checked):
+            if task_classes is not None:
+                classes = sorted({int(c) for c in task_classes[t]})
+                if not classes or classes[0] < 0 or classes[-1] >= num_classes:
+                    raise ValueError(f"task_classes[{t}] must be labels in [0, {num_classes}), got {task_classes[t]!r}")
+            elif multi_head:
+                classes = torch.unique(ytr).tolist()
+            else:
+                classes = list(range(num_classes))
+            allowed = torch.zeros(num_classes, dtype=torch.bool, device=device)
+            allowed[classes] = True
+            for split, y in (("train", ytr), ("test", yte)):
+                if not bool(allowed[y].all()):
+                    bad = sorted(set(torch.unique(y[~allowed[y]]).tolist()))
+                    raise ValueError(f"tasks[{t}]: y_{split} holds labels {bad} outside the task's classes {classes}")
+            out.append(Task(t, xtr, ytr, xte, yte, classes, {"source": "tensors"}))
+        return cls(name, out, num_classes, shape, multi_head=bool(multi_head))
 
 
 def _check_counts(num_tasks: int, per_task: int, pool: int):
