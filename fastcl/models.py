@@ -28,7 +28,7 @@ class MLP(nn.Sequential):
     nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 10))``, so its state-dict keys (``0.weight``,
     ``0.bias``, ``2.weight``, ...) are that Sequential's and either loads the other's weights.
     ``forward`` flattens ``[B, *shape]`` inputs to ``[B, prod(shape)]`` first (``x.flatten(1)``).
-    State dicts of fastcl before 0.7, whose MLP began with an ``nn.Flatten`` module (keys
+    State dicts of earlier fastcl versions, whose MLP began with an ``nn.Flatten`` module (keys
     ``1.weight``, ``3.weight``, ...), still load: their keys are renamed on load.
 
     For HAL (:func:`fastcl.algorithms.hal.split_model`), :meth:`features` is the net up to the
