@@ -1,6 +1,6 @@
 """Networks of the continual-learning papers fastcl implements.
 
-* :class:`MLP`: the fully connected net of the MNIST streams (784-100-100-10 in GEM, HAL, EMCL).
+* :class:`MLP`: the fully connected net of the MNIST streams (784-100-100-10 in GEM, La-MAML and EMCL; 784-256-256-10 in HAL).
 * :class:`ReducedResNet18`: the ResNet-18 of GEM / HAL / EMCL on CIFAR-100 and miniImageNet:
   BasicBlocks [2, 2, 2, 2], a 3x3 convolutional stem (no max-pool), ``nf = 20`` initial
   feature maps (three times fewer than the usual 64), stages of ``nf, 2nf, 4nf, 8nf`` maps,

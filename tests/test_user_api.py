@@ -327,3 +327,18 @@ def test_run_stream_calls_begin_task_before_each_task():
     stream = Stream.from_tensors(_tensors(num_tasks=2))
     fastcl.run_stream(Recording(MLP((6, 3)), 3, (6,), ERConfig(seed=0)), stream, progress=False)
     assert calls == [("begin", 0), ("observe", 0), ("end", 0), ("begin", 1), ("observe", 1), ("end", 1)]
+
+
+def test_overrides_of_optional_fields_take_their_annotated_type():
+    from fastcl.algorithms import FTMLConfig
+    from fastcl.algorithms.overrides import parse_overrides
+
+    # finetune_batch / seed default to None: the annotation (Optional[int]) gives the type
+    got = parse_overrides(["finetune_batch=10", "seed=3"], FTMLConfig)
+    assert got == {"finetune_batch": 10, "seed": 3} and all(type(v) is int for v in got.values())
+    assert FTMLConfig(**got).finetune_batch == 10
+    assert parse_overrides(["seed=none"], HALConfig) == {"seed": None}
+    with pytest.raises(ValueError, match=r"--set finetune_batch: expects an int .*Optional\[int\].*'x'"):
+        parse_overrides(["finetune_batch=x"], FTMLConfig)
+    with pytest.raises(ValueError, match=r"--set lam: expects a number"):
+        parse_overrides(["lam=none"], HALConfig)  # not Optional: none is not a value
