@@ -15,6 +15,7 @@ def test_run_writes_results_and_plots(tmp_path, data_dir, capsys):
     assert rc == 0
     printed = capsys.readouterr().out
     assert "| er-ring |" in printed and "| hal |" in printed
+    assert printed.strip().endswith(f"results written to {out}/results.json, results.csv, accuracy.png, matrix.png")
     res = json.loads((out / "results.json").read_text())
     assert set(res["learners"]) == {"er-ring", "hal"}
     for r in res["learners"].values():
@@ -103,7 +104,8 @@ def _bar_totals(err: str) -> set[str]:
 def test_every_family_shows_one_overall_bar_over_all_its_work(tmp_path, data_dir, capsys, argv, total):
     argv = [str(data_dir) if a is None else a for a in argv]
     assert main(["run", *argv, "--no-plots", "--out", str(tmp_path / "run")]) == 0
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert f"results written to {tmp_path / 'run'}/results.json, results.csv" in out  # where the results went
     counts = _bar_totals(err)
     assert (str(total), str(total)) in counts, err[-2000:]  # the overall bar reached its total...
     assert all(int(n) <= total for n, t in counts if int(t) == total)  # ... and counted no further
