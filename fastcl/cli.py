@@ -65,10 +65,32 @@ _BENCHES = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that, when ``track_given`` is set, also records in the namespace
+    (``options_given``) the destinations of the options given on the command line, as opposed to
+    those left at their defaults: ``fastcl run`` refuses an option its family does not read."""
+
+    track_given = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, rest = super().parse_known_args(args, namespace)
+        if self.track_given:
+            saved = [(action, action.default) for action in self._actions]
+            for action, _ in saved:  # a second parse, without defaults: only what was given
+                action.default = argparse.SUPPRESS
+            try:
+                given, _ = super().parse_known_args(list(sys.argv[1:] if args is None else args), argparse.Namespace())
+            finally:
+                for action, default in saved:
+                    action.default = default
+            parsed.options_given = set(vars(given)) - set(self._defaults) - {"options_given"}
+        return parsed, rest
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastcl", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("info", help="print version, backend, ISA, threads, CUDA build")
     p.set_defaults(func=_info)
 
@@ -100,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "several seeds; print accuracy and forgetting (mean (std) over seeds) and write "
                     "results.json, results.csv, accuracy.png and matrix.png.",
         epilog="learners: " + ", ".join(names) + ". Example: fastcl run er-ring,hal --stream "
-               "permuted-mnist --tasks 23 --memory 1 --seeds 5 --skip-first 3")
+               "permuted-mnist --tasks 23 --memory 1 --seeds 5 --skip-first 3. An option that the learners' "
+               "family does not read is refused.")
+    p.track_given = True
     p.add_argument("learner", help="learner name, or several separated by commas")
     p.add_argument("--stream", default=None,
                    help="task stream of the continual learners: " + ", ".join(sorted(STREAMS))
@@ -135,11 +159,60 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--shots", type=int, default=None, help="K: examples per task in the support set")
     g.add_argument("--meta-batch", type=int, default=None, help="tasks per meta-update")
     g.add_argument("--inner-steps", type=int, default=None, help="inner (adaptation) steps per task")
-    g.add_argument("--iterations", type=int, default=None, help="meta-iterations (outer steps)")
+    g.add_argument("--iterations", type=int, default=None,
+                   help="meta-iterations (outer steps): MAML / L2F in all (default 50,000, the paper's), "
+                        "FTML per arrival of data (N_meta); CTS counts --repetitions instead")
     for mod in families:  # the meta-learning families add their own options
-        mod.add_run_arguments(p.add_argument_group(mod.__doc__.strip().split("\n")[0]))
+        group = _Recorder(p.add_argument_group(mod.__doc__.strip().split("\n")[0]))
+        mod.add_run_arguments(group)
+        _OWN_OPTIONS[mod.__name__] = group.dests
     p.set_defaults(func=_run)
     return parser
+
+
+class _Recorder:
+    """An argument group that records the destinations of the options added to it."""
+
+    def __init__(self, group):
+        self.group, self.dests = group, set()
+
+    def add_argument(self, *args, **kwargs):
+        action = self.group.add_argument(*args, **kwargs)
+        self.dests.add(action.dest)
+        return action
+
+    def __getattr__(self, name):
+        return getattr(self.group, name)
+
+
+#: module name of a family -> the destinations of the options it adds to ``fastcl run``
+_OWN_OPTIONS: dict[str, set[str]] = {}
+#: The options of ``fastcl run`` that every family reads.
+_COMMON_OPTIONS = {"learner", "seeds", "seed_offset", "overrides", "out", "threads", "resume", "overwrite",
+                   "no_progress", "no_plots", "no_finite_check"}
+#: The shared options the continual learners read (a meta-learning family lists its own in RUN_OPTIONS).
+_CONTINUAL_OPTIONS = {"stream", "tasks", "per_task", "memory", "skip_first", "data"}
+
+
+def _check_options_read(args: argparse.Namespace, learners: list[str], family) -> None:
+    """Refuse an option given on the command line (``args.options_given``, recorded by the parser)
+    that the learners' family does not read, naming the option and the family, instead of
+    ignoring it. A Namespace without ``options_given`` is not checked."""
+    given = getattr(args, "options_given", None)
+    if given is None:
+        return
+    if family is None:
+        reads = _COMMON_OPTIONS | _CONTINUAL_OPTIONS
+        who = "the continual learners"
+    else:
+        reads = _COMMON_OPTIONS | set(family.RUN_OPTIONS) | _OWN_OPTIONS.get(family.__name__, set())
+        who = "the family of " + ", ".join(family.NAMES)
+    unread = sorted(given - reads)
+    if unread:
+        dest = unread[0]
+        hint = getattr(family, "OPTION_HINTS", {}).get(dest)
+        raise ValueError(f"--{dest.replace('_', '-')} does nothing for {', '.join(learners)} ({who})"
+                         + (f": {hint}" if hint else "; leave it out (fastcl run --help lists each family's options)"))
 
 
 def _run_families():
@@ -198,6 +271,7 @@ def _check_run_args(args: argparse.Namespace):
     if not learners:
         raise ValueError("name at least one learner")
     family = _family_of(learners)
+    _check_options_read(args, learners, family)
     minimums = {**_RUN_MINIMUMS, **getattr(family, "RUN_MINIMUMS", {})}
     for dest, low in minimums.items():
         value = getattr(args, dest, None)
@@ -232,6 +306,9 @@ def _run(args: argparse.Namespace) -> int:
         return _error(e)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    notice = getattr(family, "paper_scale_notice", None)
+    if notice is not None and (line := notice(args, learners)):
+        print(line, file=sys.stderr)
     if family is not None:
         try:
             return int(family.run_from_args(args, learners) or 0)

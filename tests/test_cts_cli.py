@@ -9,7 +9,7 @@ from fastcl.cli import main
 def test_run_synthetic2d_writes_results_and_plots(tmp_path, capsys):
     out = tmp_path / "syn"
     rc = main(["run", "reptile,cts,cts-noshift,cts-accurate", "--family", "synthetic2d", "--inner-steps", "4",
-               "--iterations", "2", "--seeds", "2", "--cts-test-steps", "5", "--out", str(out), "--no-progress"])
+               "--repetitions", "2", "--seeds", "2", "--cts-test-steps", "5", "--out", str(out), "--no-progress"])
     assert rc == 0
     printed = capsys.readouterr().out
     for name in ("reptile", "cts", "cts-noshift", "cts-accurate"):
@@ -26,7 +26,7 @@ def test_run_synthetic2d_writes_results_and_plots(tmp_path, capsys):
     for png in ("trajectories.png", "metatest.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # --resume reuses the finished runs
-    rc = main(["run", "cts", "--family", "synthetic2d", "--inner-steps", "4", "--iterations", "2", "--seeds", "2",
+    rc = main(["run", "cts", "--family", "synthetic2d", "--inner-steps", "4", "--repetitions", "2", "--seeds", "2",
                "--cts-test-steps", "5", "--out", str(out), "--no-progress", "--no-plots", "--resume"])
     assert rc == 0
     again = json.loads((out / "results.json").read_text())["learners"]["cts"]
@@ -37,7 +37,7 @@ def test_run_images_family(tmp_path, data_dir, capsys):
     d = data_dir
     out = tmp_path / "img"
     rc = main(["run", "reptile,cts,mtl-pretrain,scratch-init", "--family", "images", "--data", str(d), "--inner-steps", "2",
-               "--iterations", "2", "--cts-train", "mnist,mnist-rot90", "--cts-test", "mnist-inverted",
+               "--repetitions", "2", "--cts-train", "mnist,mnist-rot90", "--cts-test", "mnist-inverted",
                "--cts-per-task", "40", "--cts-test-train", "40", "--cts-test-steps", "2", "--out", str(out),
                "--no-progress"])
     assert rc == 0
@@ -69,7 +69,7 @@ def test_run_synthetic2d_several_starts_and_coeffs(tmp_path, capsys):
     """--cts-start grid runs the authors' nine starts; the record keeps each and averages them;
     --cts-coeffs changes the loss (and the fingerprint)."""
     out = tmp_path / "grid"
-    argv = ["run", "reptile", "--family", "synthetic2d", "--inner-steps", "2", "--iterations", "1",
+    argv = ["run", "reptile", "--family", "synthetic2d", "--inner-steps", "2", "--repetitions", "1",
             "--cts-test-steps", "3", "--cts-start", "grid", "--no-progress", "--no-plots"]
     assert main([*argv, "--out", str(out)]) == 0
     run = json.loads((out / "results.json").read_text())["learners"]["reptile"]["runs"][0]
@@ -84,3 +84,32 @@ def test_run_synthetic2d_several_starts_and_coeffs(tmp_path, capsys):
     assert main([*argv, "--out", str(out3), "--cts-angles", "authors"]) == 0
     run3 = json.loads((out3 / "results.json").read_text())["learners"]["reptile"]["runs"][0]
     assert run3["final_adam"] != run["final_adam"]
+
+
+@pytest.mark.parametrize("argv, match", [
+    # --iterations counts meta-iterations in MAML / FTML; CTS's length is M, the repetitions
+    (["cts", "--iterations", "3"], "--iterations does nothing for cts"),
+    (["reptile", "--family", "images", "--iterations", "3"], "use --repetitions"),
+    (["cts", "--family", "images", "--tasks", "3"], "--tasks does nothing for the images family"),
+    (["cts", "--family", "images", "--cts-start=1,1"], "--cts-start does nothing for the images family"),
+    (["cts", "--data", "somewhere"], "--data does nothing for the synthetic2d family"),
+    (["reptile", "--cts-train", "mnist"], "--cts-train does nothing for the synthetic2d family"),
+    (["cts-error", "--inner-steps", "3"], "--inner-steps does nothing for cts-error"),
+    (["cts-error", "--set", "meta_lr=1"], "--set does nothing for cts-error"),
+    (["cts", "--memory", "1"], "--memory does nothing for cts"),
+    (["cts", "--maml-query", "2"], "--maml-query does nothing for cts"),
+])
+def test_an_option_cts_does_not_read_is_refused(tmp_path, capsys, argv, match):
+    out = tmp_path / "out"
+    assert main(["run", *argv, "--no-progress", "--out", str(out)]) == 2
+    assert match in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_repetitions_sets_m(tmp_path, capsys):
+    out = tmp_path / "m"
+    argv = ["run", "reptile", "--inner-steps", "2", "--repetitions", "3", "--cts-test-steps", "2", "--no-progress",
+            "--no-plots", "--out", str(out)]
+    assert main(argv) == 0
+    r = json.loads((out / "results.json").read_text())["learners"]["reptile"]
+    assert r["config"]["repetitions"] == 3 and r["runs"][0]["meta_steps"] == 3  # Reptile: one meta step each

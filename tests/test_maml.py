@@ -220,7 +220,8 @@ def test_run_resume_gives_identical_results(tmp_path):
 
 def test_cli_run_writes_results_and_plots(tmp_path):
     rc = cli_main(["run", "maml,fomaml,maml-l2f", "--family", "sinusoid", "--shots", "5", "--iterations", "3",
-                   "--maml-eval-curves", "4", "--maml-eval-points", "10", "--out", str(tmp_path), "--no-progress"])
+                   "--maml-eval-curves", "4", "--maml-eval-points", "10", "--maml-checkpoint-every", "1",  # 3 loss records
+                   "--out", str(tmp_path), "--no-progress"])
     assert rc == 0
     for f in ("results.json", "results.csv", "fits.png", "training.png"):
         assert (tmp_path / f).is_file()

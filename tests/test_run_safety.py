@@ -52,7 +52,7 @@ def test_every_run_gets_its_own_directory_even_in_the_same_second(tmp_path, data
 
 def test_a_family_without_out_gets_its_own_directory(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    argv = ["cts", "--family", "synthetic2d", "--inner-steps", "2", "--iterations", "1", "--cts-test-steps", "2",
+    argv = ["cts", "--family", "synthetic2d", "--inner-steps", "2", "--repetitions", "1", "--cts-test-steps", "2",
             "--no-progress", "--no-plots"]
     assert run(capsys, *argv)[0] == 0 and run(capsys, *argv)[0] == 0
     dirs = list((tmp_path / "results").iterdir())
@@ -159,6 +159,41 @@ def test_an_interrupted_run_resumes_and_says_so(tmp_path, data_dir, capsys, monk
     assert a == b
 
 
+
+def test_every_family_that_resumes_says_from_where(tmp_path, data_dir, capsys, monkeypatch):
+    """FTML: "resuming from task k/T" after an interruption; CTS (which keeps finished runs only):
+    how many of the (learner, seed) runs are done and that the others start over. (Continual and
+    MAML: the tests above and test_meta_families_check_their_fingerprints.)"""
+    import fastcl.experiments.ftml as ftml
+
+    out = tmp_path / "f"
+    argv = ["ftml", "--tasks", "2", "--per-task", "20", "--arrivals", "10", "--test-per-task", "10", "--data", data_dir,
+            "--iterations", "1", "--inner-steps", "1", "--shots", "4", "--set", "finetune_steps=1", "--no-progress",
+            "--no-plots", "--out", out]
+    accuracy, calls = ftml._accuracy, []
+
+    def interrupted(*a, **k):  # Ctrl-C at the first arrival of the second task (2 arrivals a task)
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return accuracy(*a, **k)
+
+    monkeypatch.setattr(ftml, "_accuracy", interrupted)
+    assert run(capsys, *argv)[0] == 130
+    monkeypatch.setattr(ftml, "_accuracy", accuracy)
+    rc, printed, _ = run(capsys, *argv, "--resume")
+    assert rc == 0 and "ftml seed 0: resuming from task 2/2" in printed
+
+    cts = ["cts", "--inner-steps", "2", "--repetitions", "1", "--cts-test-steps", "2", "--seeds", "2", "--no-progress",
+           "--no-plots", "--out", tmp_path / "c"]
+    assert run(capsys, *cts)[0] == 0
+    (tmp_path / "c" / "cts-seed1.json").unlink()
+    rc, printed, _ = run(capsys, *cts, "--resume")
+    assert rc == 0 and (f"resuming: 1 of 2 (learner, seed) runs already finished in {tmp_path / 'c'}; the other 1 "
+                        "start from the beginning") in printed
+    rc, printed, _ = run(capsys, *cts, "--resume")
+    assert rc == 0 and f"all 2 runs already done ({tmp_path / 'c'})" in printed
+
 def test_ctrl_c_before_the_first_checkpoint_leaves_nothing(tmp_path, data_dir, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
@@ -182,7 +217,7 @@ def test_meta_families_check_their_fingerprints(tmp_path, data_dir, capsys):
     rc, _, err = run(capsys, *maml[:6], "2", *maml[7:], "--resume")  # fewer iterations than the checkpoint's
     assert rc == 2 and "is at iteration 3, beyond --iterations 2" in err
 
-    cts = ["cts", "--family", "synthetic2d", "--inner-steps", "2", "--iterations", "1", "--cts-test-steps", "2",
+    cts = ["cts", "--family", "synthetic2d", "--inner-steps", "2", "--repetitions", "1", "--cts-test-steps", "2",
            "--no-progress", "--no-plots", "--out", tmp_path / "c"]
     assert run(capsys, *cts)[0] == 0
     rc, _, err = run(capsys, *cts, "--set", "inner_lr=0.01", "--resume")
@@ -232,7 +267,7 @@ def test_a_damaged_checkpoint_is_a_clear_error(tmp_path, data_dir, capsys, damag
     (lambda p: p.write_text(p.read_text().replace('"final_adam": ', '"final_adam": 1')), "SHA-256"),
 ])
 def test_a_damaged_cts_record_is_a_clear_error(tmp_path, capsys, damage, message):
-    argv = ["cts", "--family", "synthetic2d", "--inner-steps", "2", "--iterations", "1", "--cts-test-steps", "2",
+    argv = ["cts", "--family", "synthetic2d", "--inner-steps", "2", "--repetitions", "1", "--cts-test-steps", "2",
             "--no-progress", "--no-plots", "--out", tmp_path]
     assert run(capsys, *argv)[0] == 0
     damage(tmp_path / "cts-seed0.json")
@@ -313,7 +348,7 @@ def test_out_under_a_regular_file_fails_before_training(tmp_path, data_dir, caps
     (tmp_path / "file").write_text("x")
     for argv in (["er-ring", *TINY, "--data", data_dir],
                  ["maml", "--iterations", "1", "--no-progress", "--no-plots"],
-                 ["cts", "--family", "synthetic2d", "--iterations", "1", "--no-progress", "--no-plots"],
+                 ["cts", "--family", "synthetic2d", "--repetitions", "1", "--no-progress", "--no-plots"],
                  ["ftml", "--tasks", "1", "--per-task", "20", "--data", data_dir, "--no-progress", "--no-plots"]):
         rc, _, err = run(capsys, *argv, "--out", tmp_path / "file" / "sub")
         assert rc == 2 and "cannot create --out" in err and "Traceback" not in err
@@ -422,7 +457,7 @@ def test_a_foreign_checkpoint_is_refused_before_anything_trains(tmp_path, data_d
     rc, _, err = run(capsys, *maml, "--iterations", "2", "--resume")  # seed 0 would train one more iteration
     assert rc == 2 and "checkpoint-maml-seed1.pt is empty" in err
     assert (tmp_path / "m" / "checkpoint-maml-seed0.pt").read_bytes() == seed0
-    cts = ["cts", "--inner-steps", "2", "--iterations", "1", "--cts-test-steps", "2", "--out", tmp_path / "c", *common]
+    cts = ["cts", "--inner-steps", "2", "--repetitions", "1", "--cts-test-steps", "2", "--out", tmp_path / "c", *common]
     assert run(capsys, *cts)[0] == 0
     (tmp_path / "c" / "cts-seed0.json").unlink()  # seed 0 would run again
     (tmp_path / "c" / "cts-seed1.json").write_text("{")

@@ -19,9 +19,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
-
 from .. import rundir
+from .progress import overall_bar
 from ..algorithms.overrides import parse_overrides
 from ..algorithms import (AGEM, EMCL, EWC, HAL, AGEMConfig, CloneAndFinetune, EMCLConfig, ERConfig, ERRing, EWCConfig,
                          Finetune, FinetuneConfig, HALConfig, LaMAML, LaMAMLConfig, Multitask, OracleConfig)
@@ -203,8 +202,7 @@ def run_experiment(learners: Sequence[str], stream_name: str, *, num_tasks: int,
             stream, learner, fp = job(name, seed)
             rundir.verify_checkpoint(ck, checkpoint_fingerprint(learner, stream, batch_size, seed, fp))
     # one bar over every (learner, seed, task) of the run, with its ETA; run_stream adds a bar per task
-    overall = tqdm(total=len(learners) * len(seeds) * num_tasks, disable=not progress, unit="task",
-                   desc="fastcl run", position=0, dynamic_ncols=True)
+    overall = overall_bar(len(learners) * len(seeds) * num_tasks, unit="task", progress=progress)
     done: dict[tuple[str, int], int] = {}
 
     def tasks_done(name: str, seed: int, n: int) -> None:
@@ -217,7 +215,7 @@ def run_experiment(learners: Sequence[str], stream_name: str, *, num_tasks: int,
             for seed in seeds:
                 stream, learner, fp = job(name, seed)
                 ck = checkpoints[name, seed]
-                overall.set_description(f"{name} seed {seed}")
+                overall.set_description(f"overall, {name} seed {seed}")
                 begin = time.perf_counter()
                 res = run_stream(learner, stream, batch_size=batch_size, seed=seed, checkpoint=ck, resume=resume,
                                  progress=progress, fingerprint=fp, log=lambda m: log(f"{name} seed {seed}: {m}"),

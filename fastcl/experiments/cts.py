@@ -3,13 +3,14 @@
 The learners of the CTS paper behind ``fastcl run``:
 
     fastcl run reptile,cts,cts-noshift,cts-accurate --family synthetic2d --seeds 5
-    fastcl run reptile,cts,mtl-pretrain,scratch-init --family images --inner-steps 100 --iterations 10
+    fastcl run reptile,cts,mtl-pretrain,scratch-init --family images --inner-steps 100 --repetitions 10
     fastcl run cts --family synthetic2d --nproc 2          # tasks sharded over 2 processes
     torchrun --nproc-per-node 2 -m fastcl.cli run cts      # the same, started by torchrun
     fastcl run cts-error                                   # approximation error vs alpha, beta, k
 
 Synthetic 2D (Sec. 4.1): T = 8 tasks (``--tasks``), K = 100 (``--inner-steps``), M = 3
-(``--iterations``), alpha 0.05, beta 0.1, SGD momentum 0.9 re-created at every repetition (the
+(``--repetitions``: M counts repetitions of the task sequence, so this family refuses the
+meta-iteration count ``--iterations`` of MAML / FTML), alpha 0.05, beta 0.1, SGD momentum 0.9 re-created at every repetition (the
 authors' ``synthetic/algorithm.py``), the authors' constants c0, c2 (``--cts-coeffs``), rotations
 from the seed or the authors' ``env.npz`` (``--cts-angles``), one or several starts
 (``--cts-start``, ``grid``: the authors' nine) (``--set key=value`` overrides any
@@ -25,7 +26,11 @@ one head per task, the same number of steps) and ``scratch-init`` a random initi
 
 Every finished (learner, seed) run is kept as ``LEARNER-seedS.json`` (checksummed, with the run's
 fingerprint: learner, config, family options, seed, data digest; :mod:`fastcl.rundir`);
-``--resume`` reuses those of the same configuration and refuses the others.
+``--resume`` reuses those of the same configuration (it says how many) and refuses the others;
+an unfinished run starts over. One bar over every inner step of every (learner, seed, start)
+shows the whole run's progress and ETA on stderr; the run ends by saying where its results went.
+An option that the chosen family does not read (``--data`` for synthetic2d, ``--tasks`` or a
+synthetic ``--cts-*`` option for images) is refused, not ignored.
 """
 
 from __future__ import annotations
@@ -35,12 +40,13 @@ import time
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
 
 from .. import rundir
+from .progress import overall_bar
 from ..algorithms.cts import CTS, CTSAccurate, CTSConfig, approximation_error, inner_update_
 from ..algorithms.reptile import Reptile
 from ..data.cts_tasks import (AUTHORS_ANGLES, C0, C2, IMAGE_TASKS, SYNTHETIC_FORMS, SmallConvNet, adapt_points,
@@ -63,6 +69,9 @@ IMAGE_TEST = ("mnist-inverted", "fashion-rot90")
 
 
 def add_run_arguments(g) -> None:
+    g.add_argument("--repetitions", type=int, default=None,
+                   help="M: repetitions of the task sequence, each K inner steps per task (synthetic2d 3, "
+                        "images 10); this family's count of the run's length, instead of --iterations")
     g.add_argument("--nproc", type=int, default=1,
                    help="CTS/Reptile: shard the task learners over N processes (torch.distributed, gloo on CPU)")
     g.add_argument("--cts-form", choices=SYNTHETIC_FORMS, default="scaled",
@@ -88,7 +97,7 @@ def add_run_arguments(g) -> None:
 
 
 #: Smallest value of this family's integer options of ``fastcl run`` (checked before any run).
-RUN_MINIMUMS = {"inner_steps": 1, "nproc": 1, "cts_test_steps": 1, "cts_eval_every": 1, "cts_per_task": 1,
+RUN_MINIMUMS = {"inner_steps": 1, "repetitions": 1, "nproc": 1, "cts_test_steps": 1, "cts_eval_every": 1, "cts_per_task": 1,
                 "cts_test_train": 1}
 
 
@@ -127,8 +136,47 @@ def coeffs(text: str) -> tuple[float, float]:
     return float(c[0]), float(c[1])
 
 
+#: The options of ``fastcl run`` shared with other families that this one reads (besides --seeds,
+#: --out, ... which every family reads, and its own options above); which of them, and of its
+#: own, a task family reads is :data:`FAMILY_OPTIONS`.
+RUN_OPTIONS = ("family", "tasks", "inner_steps", "data")
+#: What the CLI says for an option of another family that a user may expect here.
+OPTION_HINTS = {"iterations": "this family counts repetitions of the task sequence (M), not meta-iterations: "
+                              "use --repetitions"}
+_SHARED = ("overrides", "inner_steps", "repetitions", "nproc", "cts_test_steps")
+#: task family (and ``cts-error``) -> the options of this family's that it reads
+FAMILY_OPTIONS = {
+    "synthetic2d": (*_SHARED, "family", "tasks", "cts_form", "cts_start", "cts_angles", "cts_coeffs",
+                    "cts_eval_every"),
+    "images": (*_SHARED, "family", "data", "cts_train", "cts_test", "cts_per_task", "cts_test_train"),
+    "cts-error": ("data",),
+}
+#: every option this family declares or reads (the CLI refuses the others)
+_OWN = {"repetitions", "nproc", "cts_form", "cts_start", "cts_angles", "cts_coeffs", "cts_test_steps",
+        "cts_eval_every", "cts_train", "cts_test", "cts_per_task", "cts_test_train", "overrides", *RUN_OPTIONS}
+
+
+def _check_options_read(args, learners: Sequence[str]) -> None:
+    """Refuse an option given on the command line (``args.options_given``, set by the CLI's
+    parser) that the chosen task family, or ``cts-error``, does not read."""
+    given = getattr(args, "options_given", None)
+    if given is None:
+        return
+    what = "cts-error" if "cts-error" in learners else (args.family or "synthetic2d")
+    if what not in FAMILY_OPTIONS:
+        return  # an unknown --family: refused by name when the run starts
+    unread = sorted(d for d in given & _OWN if d not in FAMILY_OPTIONS[what])
+    if unread:
+        opt = "--set" if unread[0] == "overrides" else "--" + unread[0].replace("_", "-")
+        where = "cts-error" if what == "cts-error" else f"the {what} family ({', '.join(learners)})"
+        reads = ", ".join("--set" if d == "overrides" else "--" + d.replace("_", "-") for d in FAMILY_OPTIONS[what])
+        raise ValueError(f"{opt} does nothing for {where}, which reads {reads} (and --seeds, --out, ...): "
+                         "leave it out")
+
+
 def check_run_args(args, learners: Sequence[str]) -> None:
     """The checks of ``fastcl run`` for this family's options that a minimum cannot express."""
+    _check_options_read(args, learners)
     start_points(args.cts_start)
     coeffs(args.cts_coeffs)
     if args.cts_angles == "authors" and _given(args.tasks, 8) != len(AUTHORS_ANGLES):
@@ -145,11 +193,11 @@ def _config(name: str, family: str, args, overrides: dict[str, Any]) -> CTSConfi
     base: dict[str, Any] = {}
     if family == "synthetic2d":
         base = dict(inner_lr=0.05 if args.cts_form == "scaled" else 0.002, meta_lr=0.1,
-                    inner_steps=_given(args.inner_steps, 100), repetitions=_given(args.iterations, 3))
+                    inner_steps=_given(args.inner_steps, 100), repetitions=_given(args.repetitions, 3))
     else:
         # supp. C.2 and the authors' image code (hard_reset=False): the optimizer state is kept
         base = dict(inner_lr=0.02, meta_lr=_IMAGE_BETA.get(name, 0.1), reset_optimizer=False,
-                    inner_steps=_given(args.inner_steps, 100), repetitions=_given(args.iterations, 10))
+                    inner_steps=_given(args.inner_steps, 100), repetitions=_given(args.repetitions, 10))
     base.update(META_LEARNERS.get(name, (None, {}))[1])
     base.update(overrides)
     return CTSConfig(**base)
@@ -168,11 +216,13 @@ def _family(args, seed: int):
                        angles=angles)
 
 
-def _synthetic_one(name: str, seed: int, cfg: CTSConfig, args, distributed: bool = False) -> dict[str, Any]:
+def _synthetic_one(name: str, seed: int, cfg: CTSConfig, args, distributed: bool = False,
+                   tick: Optional[Callable[[int], None]] = None) -> dict[str, Any]:
     """One meta-training run per ``--cts-start`` point on the synthetic family; with several
     starts the record holds each start's record under ``"starts"`` and, at the top level, the
-    mean over the starts of every meta-test curve (rank 0 meaningful)."""
-    recs = [_synthetic_start(name, seed, cfg, args, start, distributed) for start in start_points(args.cts_start)]
+    mean over the starts of every meta-test curve (rank 0 meaningful). ``tick(1)`` after every
+    inner step (the overall progress bar)."""
+    recs = [_synthetic_start(name, seed, cfg, args, start, distributed, tick) for start in start_points(args.cts_start)]
     if len(recs) == 1:
         return recs[0]
     rec = dict(recs[0], starts=recs)
@@ -185,7 +235,7 @@ def _synthetic_one(name: str, seed: int, cfg: CTSConfig, args, distributed: bool
 
 
 def _synthetic_start(name: str, seed: int, cfg: CTSConfig, args, start: torch.Tensor,
-                     distributed: bool = False) -> dict[str, Any]:
+                     distributed: bool = False, tick: Optional[Callable[[int], None]] = None) -> dict[str, Any]:
     """One meta-training run on the synthetic family from ``start``; returns its record."""
     T = _given(args.tasks, 8)
     fam = _family(args, seed)
@@ -205,6 +255,8 @@ def _synthetic_start(name: str, seed: int, cfg: CTSConfig, args, start: torch.Te
     guard = _guard(name, seed, args)
 
     def callback(lr_, losses):
+        if tick is not None:
+            tick(1)
         guard.record(learner.inner_steps_done, loss=losses, phi=learner.phi["x"])
         rec["phi"].append(learner.phi["x"].tolist())
         if learner.inner_steps_done - last[0] >= args.cts_eval_every:
@@ -237,10 +289,21 @@ def _dist_worker(rank: int, world: int, kind: str, name: str, seed: int, cfg: di
         rundir.save_checkpoint(out, rec)
 
 
-def _run_one(family: str, name: str, seed: int, cfg: CTSConfig, args, out_dir: Path) -> dict[str, Any]:
+def steps_of_run(family: str, name: str, cfg: CTSConfig, args) -> int:
+    """The steps one (learner, seed) run advances the overall bar by: ``repetitions x
+    inner_steps`` per ``--cts-start`` point for the meta-learners and multi-task pre-training (one
+    step: an inner step of every task learner), none for ``scratch-init``."""
+    if name == "scratch-init":
+        return 0
+    starts = len(start_points(args.cts_start)) if family == "synthetic2d" else 1
+    return starts * cfg.repetitions * cfg.inner_steps
+
+
+def _run_one(family: str, name: str, seed: int, cfg: CTSConfig, args, out_dir: Path,
+             tick: Optional[Callable[[int], None]] = None) -> dict[str, Any]:
     nproc = getattr(args, "nproc", 1) or 1
     if nproc == 1 or name in ("mtl-pretrain", "scratch-init"):
-        return (_synthetic_one if family == "synthetic2d" else _images_one)(name, seed, cfg, args)
+        return (_synthetic_one if family == "synthetic2d" else _images_one)(name, seed, cfg, args, tick=tick)
     from ..distributed import spawn
 
     out = out_dir / f".dist-{name}-{seed}-{os.getpid()}.pt"
@@ -249,6 +312,8 @@ def _run_one(family: str, name: str, seed: int, cfg: CTSConfig, args, out_dir: P
     rec = rundir.load_checkpoint(out)
     out.unlink()
     rec["nproc"] = nproc
+    if tick is not None:  # the processes ran the steps: counted when they are done
+        tick(steps_of_run(family, name, cfg, args))
     return rec
 
 
@@ -328,7 +393,8 @@ def _fine_tune(trunk: dict[str, torch.Tensor], tasks, cfg: CTSConfig, steps: int
     return accs
 
 
-def _mtl(train, model: SmallConvNet, cfg: CTSConfig, steps: int, progress: bool) -> dict[str, torch.Tensor]:
+def _mtl(train, model: SmallConvNet, cfg: CTSConfig, steps: int, progress: bool,
+         tick: Optional[Callable[[int], None]] = None) -> dict[str, torch.Tensor]:
     """Multi-task pre-training: one trunk, one head per task, the mean loss over the tasks."""
     heads = ("head.weight", "head.bias")
     params = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -352,10 +418,13 @@ def _mtl(train, model: SmallConvNet, cfg: CTSConfig, steps: int, progress: bool)
         # scale by T: each task's own loss gradient, as the task learners take it
         inner_update_([trunk[n] if n in trunk else hs[n] for n in names],
                       [gt[n] if n in gt else gh[n] * len(train) for n in names], state, cfg)
+        if tick is not None:
+            tick(1)
     return trunk
 
 
-def _images_one(name: str, seed: int, cfg: CTSConfig, args, distributed: bool = False) -> dict[str, Any]:
+def _images_one(name: str, seed: int, cfg: CTSConfig, args, distributed: bool = False,
+                tick: Optional[Callable[[int], None]] = None) -> dict[str, Any]:
     train_names = [s for s in args.cts_train.split(",") if s]
     test_names = [s for s in args.cts_test.split(",") if s]
     train = image_tasks(train_names, per_task=args.cts_per_task, seed=seed, data=args.data)
@@ -369,13 +438,15 @@ def _images_one(name: str, seed: int, cfg: CTSConfig, args, distributed: bool = 
     if name == "scratch-init":
         trunk = {n: p.detach().clone() for n, p in model.named_parameters() if n not in heads}
     elif name == "mtl-pretrain":
-        trunk = _mtl(train, model, cfg, cfg.inner_steps * cfg.repetitions, progress)
+        trunk = _mtl(train, model, cfg, cfg.inner_steps * cfg.repetitions, progress, tick)
     else:
         learner = META_LEARNERS[name][0](model, train.loss, len(train), cfg, heads=heads, distributed=distributed)
         losses = []
         guard = _guard(name, seed, args)
 
         def callback(tl, x):
+            if tick is not None:
+                tick(1)
             losses.append(float(x.mean()))
             guard.record(tl.inner_steps_done, loss=losses[-1])
 
@@ -514,29 +585,42 @@ def run_from_args(args, learners: Sequence[str]) -> int:
     out = open_out(what=family) if rank == 0 else Path(args.out or ".")
     results: dict[str, Any] = {"family": family, "seeds": seeds, "learners": {}}
     configs = {name: _config(name, family, args, overrides) for name in learners}
+    finished = 0
     for name, seed in [(n, s) for n in learners for s in seeds if args.resume]:  # damaged / foreign: refused first
         ckpt = out / f"{name}-seed{seed}.json"
         if ckpt.exists():
             rundir.load_json_checkpoint(ckpt, _fingerprint(name, family, configs[name], args, seed, data_id))
-    for name in learners:
-        cfg = configs[name]
-        runs = []
-        for seed in seeds:
-            ckpt = out / f"{name}-seed{seed}.json"
-            fp = _fingerprint(name, family, cfg, args, seed, data_id)
-            if args.resume and ckpt.exists():
-                runs.append(rundir.load_json_checkpoint(ckpt, fp))
-                print(f"{name} seed {seed}: finished run reused ({ckpt})")
-                continue
-            rec = _run_one(family, name, seed, cfg, args, out)
-            if rank == 0:
-                rundir.save_json_checkpoint(ckpt, rec, fp)
-            runs.append(rec)
-        r: dict[str, Any] = {"config": asdict(cfg), "runs": runs}
-        keys = ("final_adam", "final_momentum") if family == "synthetic2d" else ("mean_acc",)
-        for key in keys + ("train_seconds",):
-            r[key] = _mean_std([x[key] for x in runs])
-        results["learners"][name] = r
+            finished += 1
+    if args.resume and rank == 0:
+        print(_resume_line(finished, len(learners) * len(seeds), out))
+    # one bar over every inner step of every (learner, seed, start), with its ETA, beside the run's own
+    overall = overall_bar(sum(steps_of_run(family, n, configs[n], args) for n in learners) * len(seeds), unit="step",
+                          progress=not args.no_progress and rank == 0)
+    try:
+        for name in learners:
+            cfg = configs[name]
+            runs = []
+            for seed in seeds:
+                ckpt = out / f"{name}-seed{seed}.json"
+                fp = _fingerprint(name, family, cfg, args, seed, data_id)
+                overall.set_description(f"overall, {name} seed {seed}")
+                if args.resume and ckpt.exists():
+                    runs.append(rundir.load_json_checkpoint(ckpt, fp))
+                    overall.update(steps_of_run(family, name, cfg, args))
+                    if rank == 0:
+                        print(f"{name} seed {seed}: finished run reused ({ckpt})")
+                    continue
+                rec = _run_one(family, name, seed, cfg, args, out, tick=overall.update)
+                if rank == 0:
+                    rundir.save_json_checkpoint(ckpt, rec, fp)
+                runs.append(rec)
+            r: dict[str, Any] = {"config": asdict(cfg), "runs": runs}
+            keys = ("final_adam", "final_momentum") if family == "synthetic2d" else ("mean_acc",)
+            for key in keys + ("train_seconds",):
+                r[key] = _mean_std([x[key] for x in runs])
+            results["learners"][name] = r
+    finally:
+        overall.close()
     if rank != 0:
         return 0
     rundir.atomic_write_json(out / "results.json", results)
@@ -563,6 +647,15 @@ def run_from_args(args, learners: Sequence[str]) -> int:
     plots = "" if args.no_plots else (", trajectories.png, metatest.png" if family == "synthetic2d" else ", accuracy.png")
     print(f"results written to {out}/results.json, results.csv, the per-seed records{plots}")
     return 0
+
+
+def _resume_line(finished: int, total: int, out: Path) -> str:
+    """What a resumed run of this family prints first: how many of its (learner, seed) runs the
+    directory already holds (this family keeps finished runs only: the others start over)."""
+    if finished == total:
+        return f"all {total} runs already done ({out})"
+    return (f"resuming: {finished} of {total} (learner, seed) runs already finished in {out}; the other "
+            f"{total - finished} start from the beginning (this family keeps finished runs only)")
 
 
 def summary_table(results: dict[str, Any]) -> str:

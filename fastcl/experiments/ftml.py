@@ -13,7 +13,9 @@ after all ``N`` (Fig. 3: left, centre and right).
 Outputs in ``--out``: ``results.json`` (every curve), ``results.csv`` (one row per learner, seed
 and task), ``efficiency.png`` (Fig. 3's three panels, mean and standard error over seeds) and a
 markdown summary on stdout. A checkpoint after every task makes ``--resume`` continue exactly
-(refused if its fingerprint, :mod:`fastcl.rundir`, is not the resuming run's).
+(refused if its fingerprint, :mod:`fastcl.rundir`, is not the resuming run's). One bar over
+learners x seeds x tasks shows the whole run's progress and ETA on stderr; a run of all 56 tasks
+(no ``--tasks``) is at the paper's scale, about 2 h per FTML seed here, and says so first.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import rundir
+from .progress import overall_bar
+from .progress import paper_scale_notice as paper_scale_notice_line
 from ..algorithms.ftml import ONLINE_LEARNERS, FTMLConfig, OnlineLearner
 from ..data.rainbow import RainbowMNIST
 from ..finite import FiniteGuard
@@ -36,7 +40,7 @@ from ..metrics import learning_efficiency
 from ..models import ConvNet
 
 __all__ = ["NAMES", "STREAM", "DEFAULT_ARRIVALS", "run_online", "run_online_learner", "add_run_arguments",
-           "run_from_args"]
+           "run_from_args", "paper_scale_notice"]
 
 #: Learners of this family (``fastcl run ftml,toe,ftl,scratch``).
 NAMES: tuple[str, ...] = tuple(ONLINE_LEARNERS)
@@ -80,7 +84,8 @@ def run_online_learner(learner: OnlineLearner, stream: RainbowMNIST, *, arrivals
                        threshold: float = 0.9, seed: int = 0, checkpoint: Optional[str | os.PathLike] = None,
                        resume: bool = False, progress: bool = True, stop_after: Optional[int] = None,
                        desc: str = "", fingerprint: Optional[dict[str, Any]] = None,
-                       log: Optional[Callable[[str], None]] = None, check_finite: bool = True) -> list[dict[str, Any]]:
+                       log: Optional[Callable[[str], None]] = None, check_finite: bool = True,
+                       on_task_end: Optional[Callable[[int], None]] = None) -> list[dict[str, Any]]:
     """Run one learner over the task sequence (Alg. 1); one record per task.
 
     Args:
@@ -98,6 +103,8 @@ def run_online_learner(learner: OnlineLearner, stream: RainbowMNIST, *, arrivals
         log: told "resuming from task k/T" when a checkpoint is resumed.
         check_finite: stop (:class:`~fastcl.finite.NonFiniteError`, naming the task and arrival) on a
             NaN / inf input batch or weights; checked once per task, before the checkpoint.
+        on_task_end: called with the number of tasks done after each task (and once at the start
+            with those a resumed checkpoint holds).
 
     Returns:
         Per task: ``task``, ``info``, ``datapoints`` (the grid), ``accuracy`` (one per arrival),
@@ -117,6 +124,8 @@ def run_online_learner(learner: OnlineLearner, stream: RainbowMNIST, *, arrivals
         start = len(records)
         if log is not None:
             log(rundir.resume_message(start, len(stream), checkpoint))
+    if on_task_end is not None and start:
+        on_task_end(start)
     bar = tqdm(range(start, len(stream)), disable=not progress, desc=desc, unit="task", leave=False)
     for k in bar:
         if stop_after is not None and k >= stop_after:
@@ -144,6 +153,8 @@ def run_online_learner(learner: OnlineLearner, stream: RainbowMNIST, *, arrivals
         if checkpoint is not None:
             rundir.save_checkpoint(checkpoint, {"learner": learner.state_dict(), "generator": gen.get_state(),
                                                 "records": records}, fingerprint)
+        if on_task_end is not None:
+            on_task_end(k + 1)
     return records
 
 
@@ -220,25 +231,38 @@ def run_online(learners: Sequence[str], *, num_tasks: int = 56, per_task: int = 
         learner, fp, ck = job(name, seed)
         if ck.is_file():
             rundir.verify_checkpoint(ck, checkpoint_fingerprint(learner, streams[seed], arrivals, threshold, seed, fp))
-    for name in learners:
-        runs = []
-        for seed in seeds:
-            learner, fp, ck = job(name, seed)
-            config = learner.config
-            begin = time.perf_counter()
-            records = run_online_learner(learner, streams[seed], arrivals=arrivals, threshold=threshold, seed=seed,
-                                         checkpoint=ck, resume=resume, progress=progress, desc=f"{name} seed {seed}",
-                                         fingerprint=fp, log=lambda m: log(f"{name} seed {seed}: {m}"),
-                                         check_finite=check_finite)
-            runs.append({"seed": seed, "records": records, "summary": _summary(records, per_task),
-                         "wall_seconds": time.perf_counter() - begin})
-        keys = runs[0]["summary"]
-        results["learners"][name] = {
-            "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "seed"},
-            "runs": runs,
-            "mean": {k: float(np.mean([r["summary"][k] for r in runs])) for k in keys},
-            "std": {k: float(np.std([r["summary"][k] for r in runs])) for k in keys},
-        }
+    # one bar over every task of every (learner, seed), with its ETA, beside the run's own
+    overall = overall_bar(len(learners) * len(seeds) * num_tasks, unit="task", progress=progress)
+    done: dict[tuple[str, int], int] = {}
+
+    def tasks_done(name: str, seed: int, n: int) -> None:
+        overall.update(n - done.get((name, seed), 0))  # a resumed run jumps over its done tasks
+        done[name, seed] = n
+
+    try:
+        for name in learners:
+            runs = []
+            for seed in seeds:
+                learner, fp, ck = job(name, seed)
+                config = learner.config
+                overall.set_description(f"overall, {name} seed {seed}")
+                begin = time.perf_counter()
+                records = run_online_learner(learner, streams[seed], arrivals=arrivals, threshold=threshold,
+                                             seed=seed, checkpoint=ck, resume=resume, progress=progress,
+                                             desc=f"{name} seed {seed}", fingerprint=fp,
+                                             log=lambda m: log(f"{name} seed {seed}: {m}"), check_finite=check_finite,
+                                             on_task_end=lambda n: tasks_done(name, seed, n))
+                runs.append({"seed": seed, "records": records, "summary": _summary(records, per_task),
+                             "wall_seconds": time.perf_counter() - begin})
+            keys = runs[0]["summary"]
+            results["learners"][name] = {
+                "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "seed"},
+                "runs": runs,
+                "mean": {k: float(np.mean([r["summary"][k] for r in runs])) for k in keys},
+                "std": {k: float(np.std([r["summary"][k] for r in runs])) for k in keys},
+            }
+    finally:
+        overall.close()
     _write(results, out)
     log(summary_table(results))
     if plots:
@@ -331,6 +355,25 @@ def add_run_arguments(group) -> None:
 
 #: Smallest value of this family's integer options of ``fastcl run`` (checked before any run).
 RUN_MINIMUMS = {"iterations": 0, "test_per_task": 1}  # FTMLConfig: meta_steps >= 0
+#: The options of ``fastcl run`` shared with other families that this one reads (besides
+#: --seeds, --out, ... which every family reads, and its own options above); see run_from_args.
+RUN_OPTIONS = ("stream", "tasks", "per_task", "data", "shots", "inner_steps", "meta_batch", "iterations")
+#: The paper's Rainbow MNIST: 56 tasks (7 colours x 2 scales x 4 rotations) of 900 examples.
+PAPER_TASKS = 56
+#: Minutes per task of one (learner, seed) run at the paper's settings on this 2-core machine (1
+#: thread, beside other jobs): train + eval seconds of the 10-task runs of docs/ftml.md / 10.
+MINUTES_PER_TASK = {"ftml": 1.9, "toe": 0.28, "ftl": 0.35, "scratch-adam": 0.2, "scratch": 0.04}
+
+
+def paper_scale_notice(args, learners: Sequence[str]) -> Optional[str]:
+    """The line ``fastcl run`` prints before a run of all 56 tasks (``--tasks`` not given), with
+    its expected duration (scaled by ``--per-task`` / 900); ``None`` for a shorter run."""
+    if args.tasks is not None:
+        return None
+    scale = (900 if args.per_task is None else args.per_task) / 900
+    minutes = {n: PAPER_TASKS * scale * MINUTES_PER_TASK.get(n, MINUTES_PER_TASK["ftml"]) for n in learners}
+    return paper_scale_notice_line(f"all {PAPER_TASKS} Rainbow MNIST tasks", minutes, learners, args.seeds,
+                                   "--tasks N")
 
 
 def _arrivals(args) -> Sequence[int]:

@@ -10,7 +10,11 @@ with ``--maml-eval-steps`` inner steps (default: the training steps), report the
 evaluation curves are the same for every learner and seed (drawn from a fixed seed).
 
 Writes results.json, results.csv, ``fits.png`` (random evaluation curves with each learner's
-adapted fit, as Fig. D/E of the L2F supplementary) and ``training.png`` (meta-training loss).
+adapted fit, as Fig. D/E of the L2F supplementary) and ``training.png`` (meta-training loss, one
+record per ``--maml-checkpoint-every`` iterations; not written when a run holds fewer than two
+records: nothing to draw a curve through). One bar over learners x seeds x iterations shows the
+whole run's progress and ETA on stderr. Without ``--iterations`` a run is at the paper's scale
+(50,000 meta-iterations, about 3 min per learner and seed on 2 cores) and says so first.
 A checkpoint's fingerprint (:mod:`fastcl.rundir`) holds the learner and its config, the family,
 shots, queries, meta-batch, checkpoint interval and seed: ``--resume`` refuses a checkpoint of
 another run, but may extend ``--iterations`` and change the evaluation options (it re-evaluates).
@@ -30,13 +34,16 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import rundir
+from .progress import overall_bar
+from .progress import paper_scale_notice as paper_scale_notice_line
 from ..algorithms import L2F, MAML, L2FConfig, MAMLConfig
 from ..data.meta_tasks import make_sinusoid_family
 from ..algorithms.overrides import parse_overrides
 from ..finite import FiniteGuard
 from ..models import MLP
 
-__all__ = ["NAMES", "META_LEARNERS", "add_run_arguments", "run_from_args", "run_meta_experiment", "build_meta_learner"]
+__all__ = ["NAMES", "META_LEARNERS", "add_run_arguments", "run_from_args", "run_meta_experiment", "build_meta_learner",
+           "paper_scale_notice"]
 
 #: name -> (learner class, config class, fixed settings)
 META_LEARNERS: dict[str, tuple[type, type, dict[str, Any]]] = {
@@ -45,6 +52,16 @@ META_LEARNERS: dict[str, tuple[type, type, dict[str, Any]]] = {
     "maml-l2f": (L2F, L2FConfig, {}),
 }
 NAMES = tuple(META_LEARNERS)
+#: The options of ``fastcl run`` shared with other families that this one reads (besides
+#: --seeds, --out, ... which every family reads, and its own options below).
+RUN_OPTIONS = ("family", "shots", "meta_batch", "inner_steps", "iterations")
+#: The paper's number of meta-iterations (the L2F supplementary's Table E, docs/maml.md), the
+#: default of ``--iterations``.
+PAPER_ITERATIONS = 50_000
+#: Minutes of one paper-scale (learner, seed) run on this 2-core machine: ms / iteration at K = 5,
+#: meta-batch 4, 1 inner step, 1 thread, measured beside another job (maml 3.6, fomaml 2.4,
+#: maml-l2f 3.6 ms), times 50,000.
+PAPER_MINUTES = {"maml": 3.0, "fomaml": 2.0, "maml-l2f": 3.0}
 EVAL_SEED = 1_000_003  # evaluation curves: the same for every learner and seed
 
 
@@ -74,13 +91,22 @@ def build_meta_learner(name: str, seed: int, overrides: dict[str, Any]) -> MAML:
     return cls(model, cfg_cls(**{**fixed, **overrides, "seed": seed}), input_shape=(1,))
 
 
+def paper_scale_notice(args, learners: Sequence[str]) -> Optional[str]:
+    """The line ``fastcl run`` prints before a run at the paper's scale (``--iterations`` not
+    given), with its expected duration; ``None`` for a shorter run."""
+    if args.iterations is not None:
+        return None
+    return paper_scale_notice_line(f"{PAPER_ITERATIONS:,} iterations", PAPER_MINUTES, learners, args.seeds,
+                                   "--iterations N")
+
+
 def run_from_args(args, learners: Sequence[str]) -> int:
     family = args.family or "sinusoid"
     run_meta_experiment(
         learners, family=family, shots=5 if args.shots is None else args.shots,
         meta_batch=4 if args.meta_batch is None else args.meta_batch,
         inner_steps=args.inner_steps if args.inner_steps is not None else 1,
-        iterations=args.iterations if args.iterations is not None else 50_000,
+        iterations=args.iterations if args.iterations is not None else PAPER_ITERATIONS,
         queries=args.maml_query, eval_curves=args.maml_eval_curves, eval_points=args.maml_eval_points,
         eval_steps=args.maml_eval_steps, checkpoint_every=args.maml_checkpoint_every,
         seeds=list(range(args.seed_offset, args.seed_offset + args.seeds)), overrides=args.overrides,
@@ -97,7 +123,7 @@ def _positive(**values) -> None:
 
 @rundir.releases_run_dirs
 def run_meta_experiment(learners: Sequence[str], *, family: str = "sinusoid", shots: int = 5, meta_batch: int = 4,
-                        inner_steps: int = 1, iterations: int = 50_000, queries: Optional[int] = None,
+                        inner_steps: int = 1, iterations: int = PAPER_ITERATIONS, queries: Optional[int] = None,
                         eval_curves: int = 100, eval_points: int = 100, eval_steps: Optional[int] = None,
                         checkpoint_every: int = 1000, seeds: Sequence[int] = (0,), overrides: Sequence[str] = (),
                         out_dir: Optional[str | os.PathLike] = None, resume: bool = False, progress: bool = True,
@@ -149,22 +175,26 @@ def run_meta_experiment(learners: Sequence[str], *, family: str = "sinusoid", sh
         _, fp, ck = job(name, seed)
         if ck.is_file():
             rundir.verify_checkpoint(ck, fp)
-    for name in learners:
-        runs = []
-        for seed in seeds:
-            learner, fp, ck = job(name, seed)
-            history, wall = _train(learner, fam, name, seed, shots, queries, meta_batch, iterations,
-                                   checkpoint_every, ck, resume, progress, fp, log, check_finite)
-            mse = learner.evaluate(eval_tasks, steps=eval_steps)
-            runs.append({"seed": seed, "test_mse": float(mse.mean()), "test_mse_sem": float(mse.std() / math.sqrt(len(mse))),
-                         "history": history, "train_seconds": wall, "ms_per_iteration": 1e3 * wall / iterations})
-            if seed == seeds[0]:
-                fits[name] = _fit_curves(learner, eval_tasks, eval_steps)
-        mses = [r["test_mse"] for r in runs]
-        results["learners"][name] = {
-            "config": {k: v for k, v in dataclasses.asdict(learner.config).items() if k != "seed"},
-            "runs": runs, "mean": {"test_mse": float(np.mean(mses))}, "std": {"test_mse": float(np.std(mses))},
-        }
+    # one bar over every meta-iteration of every (learner, seed), with its ETA, beside the run's own
+    overall = overall_bar(len(learners) * len(seeds) * iterations, unit="it", progress=progress)
+    try:
+        for name in learners:
+            runs = []
+            for seed in seeds:
+                learner, fp, ck = job(name, seed)
+                overall.set_description(f"overall, {name} seed {seed}")
+                history, wall = _train(learner, fam, name, seed, shots, queries, meta_batch, iterations,
+                                       checkpoint_every, ck, resume, progress, fp, log, check_finite, overall)
+                runs.append(_evaluate(learner, eval_tasks, eval_steps, seed, history, wall, iterations))
+                if seed == seeds[0]:
+                    fits[name] = _fit_curves(learner, eval_tasks, eval_steps)
+            mses = [r["test_mse"] for r in runs]
+            results["learners"][name] = {
+                "config": {k: v for k, v in dataclasses.asdict(learner.config).items() if k != "seed"},
+                "runs": runs, "mean": {"test_mse": float(np.mean(mses))}, "std": {"test_mse": float(np.std(mses))},
+            }
+    finally:
+        overall.close()
     rundir.atomic_write_json(out / "results.json", results)
     rows = [["learner", "seed", "test_mse", "train_seconds"]]
     for name, r in results["learners"].items():
@@ -172,15 +202,24 @@ def run_meta_experiment(learners: Sequence[str], *, family: str = "sinusoid", sh
         rows += [[name, "mean", r["mean"]["test_mse"], ""], [name, "std", r["std"]["test_mse"], ""]]
     rundir.atomic_write_csv(out / "results.csv", rows)
     log(summary_table(results))
-    if plots:
-        _plot(results, fits, eval_tasks, eval_params, fam, out)
-    log(f"results written to {out}/results.json, results.csv" + (", fits.png, training.png" if plots else ""))
+    written = _plot(results, fits, eval_tasks, eval_params, fam, out, log, checkpoint_every) if plots else []
+    log(f"results written to {out}/results.json, results.csv" + "".join(f", {f}" for f in written))
     return results
+
+
+def _evaluate(learner: MAML, eval_tasks, eval_steps: int, seed: int, history: list, wall: float,
+              iterations: int) -> dict[str, Any]:
+    """The record of one (learner, seed) run: its test MSE on the evaluation curves and its training."""
+    mse = learner.evaluate(eval_tasks, steps=eval_steps)
+    return {"seed": seed, "test_mse": float(mse.mean()), "test_mse_sem": float(mse.std() / math.sqrt(len(mse))),
+            "history": history, "train_seconds": wall, "ms_per_iteration": 1e3 * wall / iterations}
 
 
 def _train(learner: MAML, fam, name: str, seed: int, shots: int, queries: int, meta_batch: int, iterations: int,
            every: int, checkpoint: Path, resume: bool, progress: bool, fingerprint: dict[str, Any],
-           log: Callable[[str], None], check_finite: bool = True) -> tuple[list, float]:
+           log: Callable[[str], None], check_finite: bool = True, overall=None) -> tuple[list, float]:
+    """Meta-train one (learner, seed) run (from its checkpoint with ``resume``); ``overall``: the
+    run's overall bar, advanced by every iteration (at once by those a checkpoint holds)."""
     gen = torch.Generator().manual_seed(seed)
     guard = FiniteGuard(f"{name} seed {seed}, meta-iteration {{}}", enabled=check_finite)
     history: list[list[float]] = []  # [iteration, mean meta-training loss since the last record]
@@ -194,12 +233,16 @@ def _train(learner: MAML, fam, name: str, seed: int, shots: int, queries: int, m
         gen.set_state(state["generator"])
         start, history, wall = int(state["iteration"]), state["history"], float(state["wall"])
         log(f"{name} seed {seed}: " + rundir.resume_message(start, iterations, checkpoint, "iteration"))
+    if overall is not None:
+        overall.update(start)
     bar = tqdm(range(start, iterations), initial=start, total=iterations, disable=not progress,
                desc=f"{name} seed {seed}", leave=False, mininterval=1.0)
     acc, n, begin = 0.0, 0, time.perf_counter()
     for it in bar:
         loss = learner.meta_step(fam.sample(meta_batch, shots, queries, "train", gen)).loss
         guard.record(it, loss=loss)
+        if overall is not None:
+            overall.update(1)
         acc, n = acc + loss, n + 1
         if (it + 1) % every == 0 or it + 1 == iterations:
             guard.check()
@@ -238,8 +281,14 @@ def summary_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _plot(results, fits, tasks, curves, fam, out: Path) -> None:
+def _plot(results, fits, tasks, curves, fam, out: Path, log: Callable[[str], None] = print,
+          every: int = 1000) -> list[str]:
+    """Write ``fits.png`` and, when the runs hold at least two loss records, ``training.png``
+    (a run shorter than ``every`` = ``--maml-checkpoint-every`` iterations has one: nothing to
+    draw, said with ``log``). Returns the names of the files written."""
     import matplotlib
+
+    from .plots import task_ticks
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -258,12 +307,19 @@ def _plot(results, fits, tasks, curves, fam, out: Path) -> None:
     rundir.atomic_savefig(fig, out / "fits.png", dpi=110)
     plt.close(fig)
 
+    records = min(len(run["history"]) for r in results["learners"].values() for run in r["runs"])
+    if records < 2:
+        log(f"training.png not written: {results['iterations']} iteration(s) hold {records} training-loss record "
+            f"(one per --maml-checkpoint-every {every} iterations and one at the end): nothing to draw; a smaller "
+            "--maml-checkpoint-every records more")
+        return ["fits.png"]
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for name, r in results["learners"].items():
         h = np.array([run["history"] for run in r["runs"]])  # [seeds, records, 2]
-        # a run shorter than a few checkpoint intervals has a few records: show them as points
+        # a run of a few checkpoint intervals has a few records: show them as points
         ax.plot(h[0, :, 0], h[:, :, 1].mean(0), label=name, marker="o" if h.shape[1] <= 20 else None)
     ax.set_yscale("log")
+    task_ticks(ax.xaxis)  # integer iterations, also for a run of a few
     ax.set_xlabel("meta-iteration")
     ax.set_ylabel("meta-training query MSE")
     ax.set_title(f"{results['family']}, K = {results['shots']}")
@@ -272,4 +328,5 @@ def _plot(results, fits, tasks, curves, fam, out: Path) -> None:
     fig.tight_layout()
     rundir.atomic_savefig(fig, out / "training.png", dpi=110)
     plt.close(fig)
+    return ["fits.png", "training.png"]
 
