@@ -342,3 +342,15 @@ def test_overrides_of_optional_fields_take_their_annotated_type():
         parse_overrides(["finetune_batch=x"], FTMLConfig)
     with pytest.raises(ValueError, match=r"--set lam: expects a number"):
         parse_overrides(["lam=none"], HALConfig)  # not Optional: none is not a value
+
+
+@pytest.mark.parametrize("cfg", ["MAMLConfig", "L2FConfig", "CTSConfig"])
+def test_meta_configs_take_no_seed_they_would_not_use(cfg):
+    import fastcl.algorithms as A
+    from fastcl.algorithms.overrides import parse_overrides
+
+    cls = getattr(A, cfg)
+    with pytest.raises(TypeError, match="seed"):  # the learner draws nothing: a seed would do nothing
+        cls(seed=0)
+    with pytest.raises(ValueError, match=rf"{cfg} has no setting 'seed'"):
+        parse_overrides(["seed=1"], cls)

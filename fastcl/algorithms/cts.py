@@ -64,8 +64,8 @@ class CTSConfig:
             ``False`` keeps the momentum / Adam moments across repetitions, as supp. C.2 and the
             authors' image code (``hard_reset=False``) do for the image experiments (the
             ``images`` family of ``fastcl run`` sets it). Heads are never reset.
-        seed: seed of the learner's generator (unused by the deterministic engine, kept for the
-            protocol).
+
+    The engine draws nothing itself (``batch_fn`` samples the data), so it takes no seed.
     """
 
     inner_lr: float = 0.05
@@ -79,7 +79,6 @@ class CTSConfig:
     weight_decay: float = 0.0
     shift: bool = True
     reset_optimizer: bool = True
-    seed: int = 0
 
     def __post_init__(self):
         for name in ("inner_lr", "meta_lr", "momentum", "eps", "weight_decay"):

@@ -92,7 +92,8 @@ class MAMLConfig:
         fused_inner: inner update with the fused differentiable ``ops.prox_sgd`` (see the module
             docstring: slower on small networks, so off by default).
         loss: "mse" (regression) or "cross_entropy" (classification).
-        seed: seed of the learner's generator (unused by MAML itself; kept for the protocol).
+
+    MAML draws nothing itself (the caller samples the task batches), so it takes no seed.
     """
 
     inner_lr: float = 0.01
@@ -103,7 +104,6 @@ class MAMLConfig:
     clip_grad: float = 0.0
     fused_inner: bool = False
     loss: str = "mse"
-    seed: int = 0
 
     def __post_init__(self):
         for name in ("inner_lr", "meta_lr", "clip_grad"):

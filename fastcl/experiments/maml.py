@@ -88,7 +88,7 @@ def build_meta_learner(name: str, seed: int, overrides: dict[str, Any]) -> MAML:
     cls, cfg_cls, fixed = META_LEARNERS[name]
     torch.manual_seed(seed)
     model = MLP((1, 40, 40, 1))
-    return cls(model, cfg_cls(**{**fixed, **overrides, "seed": seed}), input_shape=(1,))
+    return cls(model, cfg_cls(**{**fixed, **overrides}), input_shape=(1,))
 
 
 def paper_scale_notice(args, learners: Sequence[str]) -> Optional[str]:
