@@ -276,9 +276,14 @@ def test_learner_benchmark_runs_and_plain_loop_learns():
             return model(x)
 
     assert min(evaluate(Wrap(), stream)) > 0.3
+    torch.manual_seed(0)  # the same with replay drawn with replacement
+    model = MLP((784, 64, 10))
+    assert bl.plain_er_ring(model, stream, replacement=True) > 0
+    assert min(evaluate(Wrap(), stream)) > 0.3
     out = bl.run(tasks=2, per_task=30, threads=1, repeats=1, log=lambda s: None)
     assert set(out["seconds"]) == {"plain ER-Ring loop", "fastcl ER-Ring", "fastcl HAL (first order)",
-                                   "fastcl HAL (exact)"}
+                                   "fastcl HAL (exact)", "plain ER-Ring loop, replay with replacement",
+                                   "fastcl ER-Ring, replay with replacement"}
 
 
 def test_inner_loop_cases_compute_the_reference_steps():

@@ -311,6 +311,41 @@ def test_ring_sample_without_replacement_is_a_random_subset(stream, n, seed):
     assert torch.equal(t, rows // (m * num_classes))
 
 
+@given(ring_streams(), st.integers(0, 2**31 - 1))
+def test_ring_sample_without_replacement_follows_every_change(stream, seed):
+    """The filled rows behind replacement=False are cached between draws: after every add, a state
+    load (same insert counts, other labels) and a growth, a full draw is exactly the filled slots."""
+    num_tasks, num_classes, m, batches = stream
+    buf = RingBuffer(num_tasks, num_classes, m, (3,), dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+
+    def filled_rows(b, sel):
+        return sorted(((t * num_classes + c) * m + k) for t in sel for c in range(num_classes)
+                      for k in range(int(b.counts[t, c].clamp(max=m))))
+
+    for i, (task, labels) in enumerate(batches):
+        buf.add(examples(range(len(labels))), torch.tensor(labels, dtype=torch.int64), task)
+        for sel in ([task], buf.tasks_with_data()):
+            if not any(buf.inserted[t] for t in sel):
+                continue
+            got = buf.sample_indices(10**6, tasks=sel, generator=g, replacement=False)
+            assert sorted(got.tolist()) == filled_rows(buf, sel)
+            x, y, t = buf.sample(10**6, tasks=sel, generator=g, replacement=False)
+            assert y.numel() == got.numel() and torch.equal(t.sort().values, (torch.tensor(filled_rows(buf, sel),
+                                                              dtype=torch.int64) // (m * num_classes)).sort().values)
+    held = buf.tasks_with_data()
+    if not held:
+        return
+    other = RingBuffer(num_tasks, num_classes, m, (3,), dtype=torch.float64)
+    for task, labels in batches:  # the same insert counts per task, every label shifted by one
+        other.add(examples(range(len(labels))), (torch.tensor(labels, dtype=torch.int64) + 1) % num_classes, task)
+    buf.sample_indices(1, tasks=held, generator=g, replacement=False)  # cache the current rows
+    buf.load_state_dict(other.state_dict())
+    assert sorted(buf.sample_indices(10**6, tasks=held, generator=g, replacement=False).tolist()) == filled_rows(buf, held)
+    buf.reserve(num_tasks + 2)  # growth keeps the rows
+    assert sorted(buf.sample_indices(10**6, tasks=held, generator=g, replacement=False).tolist()) == filled_rows(buf, held)
+
+
 def test_ring_sample_without_replacement_is_uniform():
     """Each of the N filled slots is in a draw of k < N with probability k / N."""
     buf = RingBuffer(2, 3, 2, (1,))

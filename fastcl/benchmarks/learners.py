@@ -2,8 +2,9 @@
 
 ER-Ring on the MLP 784-256-256-10, batch 10 from the stream + 10 replayed, on Permuted MNIST:
 fastcl's learner (ring memory ops, fused list SGD) against a plain-PyTorch loop of the same
-algorithm (a Python dict of per-(task, class) deques as the memory, ``random.choices`` +
-``torch.stack`` to sample, ``loss.backward()`` and a per-tensor SGD update), and HAL's whole
+algorithm (a Python dict of per-(task, class) deques as the memory, ``random.sample`` (distinct
+examples, as fastcl's default and the HAL authors' code draw them; ``random.choices`` with
+``replacement=True``) + ``torch.stack`` to sample, ``loss.backward()`` and a per-tensor SGD update), and HAL's whole
 training time (end-of-task anchor learning included, exact and first-order anchoring gradient)
 against fastcl's ER-Ring. Times exclude evaluation. Everything runs in one process, one after
 the other, with the thread count pinned.
@@ -28,7 +29,7 @@ __all__ = ["plain_er_ring", "time_learner", "run", "add_arguments", "main"]
 
 
 def plain_er_ring(model: torch.nn.Module, stream: Stream, lr: float = 0.1, per_class: int = 1,
-                  replay: int = 10, batch: int = 10, seed: int = 0) -> float:
+                  replay: int = 10, batch: int = 10, seed: int = 0, replacement: bool = False) -> float:
     """ER-Ring written the plain way; returns the training seconds."""
     rng = random.Random(seed)
     memory: dict[tuple[int, int], deque] = {}
@@ -40,7 +41,7 @@ def plain_er_ring(model: torch.nn.Module, stream: Stream, lr: float = 0.1, per_c
         for x, y in task.batches(batch, gen):
             past = [item for (tt, _), ring in memory.items() if tt < t for item in ring]
             if past:
-                picked = rng.choices(past, k=replay)
+                picked = rng.choices(past, k=replay) if replacement else rng.sample(past, min(replay, len(past)))
                 x = torch.cat([x, torch.stack([p[0] for p in picked])])
                 y = torch.cat([y, torch.tensor([p[1] for p in picked])])
             loss = F.cross_entropy(model(x), y)
@@ -79,6 +80,9 @@ def run(tasks: int = 5, per_task: int = 1000, threads: int = 1, repeats: int = 3
     cases = {
         "plain ER-Ring loop": lambda: plain_er_ring(model(), stream),
         "fastcl ER-Ring": lambda: time_learner(lambda: ERRing(model(), 10, (784,), ERConfig(num_tasks=tasks)), stream),
+        "plain ER-Ring loop, replay with replacement": lambda: plain_er_ring(model(), stream, replacement=True),
+        "fastcl ER-Ring, replay with replacement": lambda: time_learner(
+            lambda: ERRing(model(), 10, (784,), ERConfig(num_tasks=tasks, replay_replacement=True)), stream),
         "fastcl HAL (first order)": lambda: time_learner(
             lambda: HAL(model(), 10, (784,), HALConfig(num_tasks=tasks, first_order=True)), stream),
         "fastcl HAL (exact)": lambda: time_learner(lambda: HAL(model(), 10, (784,), HALConfig(num_tasks=tasks)), stream),

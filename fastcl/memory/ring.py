@@ -56,12 +56,17 @@ class RingBuffer:
         self.counts = torch.zeros(self.num_tasks, self.num_classes, dtype=torch.int64, device=device)
         self.device = self.data.device
         self._inserted = [0] * self.num_tasks  # host side: examples ever added per task
+        # the filled rows of the last selection drawn from without replacement, keyed by the
+        # selection and its tasks' insert counts (a task's counts only change when it is written):
+        # replay draws from the previous tasks, which stay fixed during a task
+        self._filled_cache: Optional[tuple[tuple, Tensor, Tensor, Tensor]] = None
         self._make_row_tables()
 
     def _make_row_tables(self) -> None:
         # label and task id of every row (constant tables: a gather is cheaper than arithmetic)
         ring = torch.arange(self.data.shape[0], device=self.device) // self.per_class
         self._row_label, self._row_task = ring % self.num_classes, ring // self.num_classes
+        self._filled_cache = None
 
     def reserve(self, num_tasks: int) -> None:
         """Grow the storage to hold tasks ``0 .. num_tasks-1`` (nothing happens if it already
@@ -152,14 +157,23 @@ class RingBuffer:
         sel = self._selection(tasks)
         if replacement:
             return ops.ring_sample(self.counts, self.per_class, sel, n, generator)
-        m, C = self.per_class, self.num_classes
-        sel_t = torch.tensor(sel, dtype=torch.int64, device=self.device)
-        filled = self.counts.index_select(0, sel_t).clamp(max=m)  # [S, C]
-        slot = torch.arange(m, device=self.device)
-        ring = sel_t.view(-1, 1) * C + torch.arange(C, device=self.device)  # [S, C] ring ids
-        rows = (ring.unsqueeze(-1) * m + slot)[slot < filled.unsqueeze(-1)]  # filled rows, in order
+        rows = self._filled_rows(sel)[0]
         pick = torch.randperm(rows.numel(), generator=generator, device=self.device)[:n]
         return rows[pick]
+
+    def _filled_rows(self, sel: list[int]) -> tuple[Tensor, Tensor, Tensor]:
+        """``(rows, labels, task_ids)`` of the filled slots of tasks ``sel``, in row order (cached)."""
+        key = (tuple(sel), tuple(self._inserted[t] for t in sel))
+        cached = self._filled_cache
+        if cached is None or cached[0] != key:
+            m, C = self.per_class, self.num_classes
+            sel_t = torch.tensor(sel, dtype=torch.int64, device=self.device)
+            filled = self.counts.index_select(0, sel_t).clamp(max=m)  # [S, C]
+            slot = torch.arange(m, device=self.device)
+            ring = sel_t.view(-1, 1) * C + torch.arange(C, device=self.device)  # [S, C] ring ids
+            rows = (ring.unsqueeze(-1) * m + slot)[slot < filled.unsqueeze(-1)]  # filled rows, in order
+            cached = self._filled_cache = (key, rows, self._row_label[rows], self._row_task[rows])
+        return cached[1:]
 
     def sample(self, n: int, tasks: Optional[Iterable[int]] = None,
                generator: Optional[torch.Generator] = None,
@@ -187,8 +201,9 @@ class RingBuffer:
         """
         n = as_int("n", n, low=0)
         if not replacement:
-            rows = self.sample_indices(n, tasks, generator, replacement=False)
-            return self.data.index_select(0, rows), self._row_label[rows], self._row_task[rows]
+            rows, labels, task_ids = self._filled_rows(self._selection(tasks))
+            pick = torch.randperm(rows.numel(), generator=generator, device=self.device)[:n]
+            return self.data.index_select(0, rows[pick]), labels[pick], task_ids[pick]
         sel = self._selection(tasks)
         rows, labels, task_ids, _ = ops.ring_sample_rows(self.data, self.counts, sel, n, generator)
         return rows, labels, task_ids
@@ -253,3 +268,4 @@ class RingBuffer:
             self.data.copy_(data)
             self.counts.copy_(counts)
         self._inserted = inserted_list
+        self._filled_cache = None
