@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 from .. import rundir
-from .progress import overall_bar
+from .progress import done_counter, overall_bar
 from ..algorithms.overrides import parse_overrides
 from ..algorithms import (AGEM, EMCL, EWC, HAL, AGEMConfig, CloneAndFinetune, EMCLConfig, ERConfig, ERRing, EWCConfig,
                          Finetune, FinetuneConfig, HALConfig, LaMAML, LaMAMLConfig, Multitask, OracleConfig)
@@ -203,11 +203,7 @@ def run_experiment(learners: Sequence[str], stream_name: str, *, num_tasks: int,
             rundir.verify_checkpoint(ck, checkpoint_fingerprint(learner, stream, batch_size, seed, fp))
     # one bar over every (learner, seed, task) of the run, with its ETA; run_stream adds a bar per task
     overall = overall_bar(len(learners) * len(seeds) * num_tasks, unit="task", progress=progress)
-    done: dict[tuple[str, int], int] = {}
-
-    def tasks_done(name: str, seed: int, n: int) -> None:
-        overall.update(n - done.get((name, seed), 0))  # a resumed run jumps over its done tasks
-        done[name, seed] = n
+    tasks_done = done_counter(overall)  # a resumed run jumps over its done tasks
 
     try:
         for name in learners:

@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import rundir
-from .progress import overall_bar
+from .progress import done_counter, overall_bar
 from .progress import paper_scale_notice as paper_scale_notice_line
 from ..algorithms.ftml import ONLINE_LEARNERS, FTMLConfig, OnlineLearner
 from ..data.rainbow import RainbowMNIST
@@ -233,11 +233,7 @@ def run_online(learners: Sequence[str], *, num_tasks: int = 56, per_task: int = 
             rundir.verify_checkpoint(ck, checkpoint_fingerprint(learner, streams[seed], arrivals, threshold, seed, fp))
     # one bar over every task of every (learner, seed), with its ETA, beside the run's own
     overall = overall_bar(len(learners) * len(seeds) * num_tasks, unit="task", progress=progress)
-    done: dict[tuple[str, int], int] = {}
-
-    def tasks_done(name: str, seed: int, n: int) -> None:
-        overall.update(n - done.get((name, seed), 0))  # a resumed run jumps over its done tasks
-        done[name, seed] = n
+    tasks_done = done_counter(overall)  # a resumed run jumps over its done tasks
 
     try:
         for name in learners:

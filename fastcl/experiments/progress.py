@@ -9,11 +9,11 @@ run's bar starts at the work its checkpoints already hold.
 from __future__ import annotations
 
 import sys
-from typing import Iterable
+from typing import Callable, Iterable
 
 from tqdm.auto import tqdm
 
-__all__ = ["overall_bar", "paper_scale_notice"]
+__all__ = ["overall_bar", "done_counter", "paper_scale_notice"]
 
 
 def overall_bar(total: int, *, unit: str, progress: bool = True, desc: str = "overall") -> tqdm:
@@ -29,6 +29,18 @@ def overall_bar(total: int, *, unit: str, progress: bool = True, desc: str = "ov
         raise ValueError(f"total must be an int >= 0, got {total!r}")
     return tqdm(total=total, disable=not progress, unit=unit, desc=desc, position=0, dynamic_ncols=True,
                 file=sys.stderr)
+
+
+def done_counter(bar: tqdm) -> Callable[[str, int, int], None]:
+    """``done(learner, seed, n)``: the run of (learner, seed) has ``n`` units done; moves ``bar`` by
+    what is new since the last call for that run (a resumed run jumps over its done units)."""
+    done: dict[tuple[str, int], int] = {}
+
+    def update(name: str, seed: int, n: int) -> None:
+        bar.update(n - done.get((name, seed), 0))
+        done[name, seed] = n
+
+    return update
 
 
 def _minutes(m: float) -> str:
