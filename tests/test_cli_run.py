@@ -150,7 +150,7 @@ def test_ftml_without_tasks_says_it_runs_at_paper_scale(tmp_path, capsys, monkey
     assert main(["run", "ftml", "--no-progress", "--out", str(tmp_path / "a")]) == 0
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert calls[0]["num_tasks"] == 56
-    assert line.startswith("paper scale: all 56 Rainbow MNIST tasks, about 1.8 h per learner and seed on 2 cores")
+    assert line.startswith("paper scale: all 56 Rainbow MNIST tasks, about 26 min per learner and seed on 2 cores")
     assert line.endswith("--tasks N for a shorter run")
     assert main(["run", "ftml", "--tasks", "3", "--no-progress", "--out", str(tmp_path / "b")]) == 0
     assert calls[1]["num_tasks"] == 3 and capsys.readouterr().err == ""

@@ -357,8 +357,8 @@ RUN_OPTIONS = ("stream", "tasks", "per_task", "data", "shots", "inner_steps", "m
 #: The paper's Rainbow MNIST: 56 tasks (7 colours x 2 scales x 4 rotations) of 900 examples.
 PAPER_TASKS = 56
 #: Minutes per task of one (learner, seed) run at the paper's settings on this 2-core machine (1
-#: thread, beside other jobs): train + eval seconds of the 10-task runs of docs/ftml.md / 10.
-MINUTES_PER_TASK = {"ftml": 1.9, "toe": 0.28, "ftl": 0.35, "scratch-adam": 0.2, "scratch": 0.04}
+#: thread, two runs side by side): train + eval seconds of the 10-task runs of docs/ftml.md / 10.
+MINUTES_PER_TASK = {"ftml": 0.47, "toe": 0.05, "ftl": 0.06, "scratch-adam": 0.06, "scratch": 0.02}
 
 
 def paper_scale_notice(args, learners: Sequence[str]) -> Optional[str]:
