@@ -11,7 +11,9 @@ Build with torch already installed: ``pip install -e . --no-build-isolation``.
 
 import glob
 import os
+import shlex
 import shutil
+import subprocess
 
 from setuptools import setup
 
@@ -38,6 +40,31 @@ def sources(cuda: bool) -> list[str]:
     return src
 
 
+def libstdcxx_link_args() -> list[str]:
+    """Link the libstdc++ that torch runs with when the compiler has only its static archive.
+
+    A compiler without a shared libstdc++ (``-print-file-name=libstdc++.so`` finds nothing: the
+    GPU machine's /opt/gcc) links ``libstdc++.a`` into the extension, and a second libstdc++ in
+    the process beside torch's breaks iostreams across the two: every error message that formats
+    an integer (``grads[1] ...``) crashed with a segfault in the first GPU check. Linking the
+    ``libstdc++.so.6`` that the importing process (torch) has loaded avoids the copy. Nothing
+    changes for a compiler that has the shared library (the usual case).
+    """
+    cxx = shlex.split(os.environ.get("CXX", "c++"))
+    try:
+        found = subprocess.run(cxx + ["-print-file-name=libstdc++.so"], capture_output=True, text=True,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return []
+    if os.path.isabs(found) or not os.path.exists("/proc/self/maps"):
+        return []
+    with open("/proc/self/maps") as maps:  # torch is imported: its libstdc++ is mapped
+        loaded = next((line.split()[-1] for line in maps if "/libstdc++.so" in line), None)
+    if loaded is None:
+        return []
+    return [f"-L{os.path.dirname(loaded)}", f"-l:{os.path.basename(loaded)}"]
+
+
 def make_extension():
     cuda = want_cuda()
     cxx = ["-O3", "-fopenmp", "-std=c++17", "-fvisibility=hidden", "-Wall", "-Wno-unknown-pragmas"]
@@ -54,7 +81,7 @@ def make_extension():
         include_dirs=[os.path.join(HERE, CSRC)],
         define_macros=define_macros,
         extra_compile_args=extra,
-        extra_link_args=["-fopenmp"],
+        extra_link_args=["-fopenmp"] + libstdcxx_link_args(),
     )
     return CUDAExtension(**kwargs) if cuda else CppExtension(**kwargs)
 
