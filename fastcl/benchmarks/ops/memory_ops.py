@@ -43,7 +43,7 @@ def ring_insert_loop(data, counts, x, y, task):
 
 def sample_randint(data, gen):
     """``randint`` + ``index_select`` over the filled rows (all rows: every ring is full)."""
-    idx = torch.randint(0, data.shape[0], (N_SAMPLE,), generator=gen)
+    idx = torch.randint(0, data.shape[0], (N_SAMPLE,), generator=gen, device=data.device)
     return idx, data.index_select(0, idx)
 
 
@@ -164,7 +164,7 @@ def reservoir_loop(data, labels, tasks, x, y, task, n_seen, gen):
         if s < cap:
             j = s
         else:
-            j = int(torch.rand((), generator=gen, dtype=torch.float64) * (s + 1))
+            j = int(torch.rand((), generator=gen, dtype=torch.float64, device=data.device) * (s + 1))
         if j < cap:
             data[j] = x[i]
             labels[j] = y[i]
