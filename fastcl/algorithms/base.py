@@ -38,8 +38,8 @@ def reject_inert(cfg: Any, names: Sequence[str], reason: str) -> None:
     for name in names:
         value = getattr(cfg, name)
         if value != defaults[name]:
-            raise ValueError(f"{name}={value!r} does nothing in {type(cfg).__name__}: {reason}; "
-                             f"leave {name} at its default {defaults[name]!r}")
+            raise ValueError(f"{name} does nothing in {type(cfg).__name__}: {reason}; got {name}={value!r} "
+                             f"(leave it at its default {defaults[name]!r})")
 
 
 @dataclass

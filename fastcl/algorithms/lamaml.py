@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from .._warnings import SlowPathWarning
 from ..memory import ReservoirBuffer
 from ..models import MLP
-from .base import LearnerConfig, ModelLearner
+from .base import LearnerConfig, ModelLearner, reject_inert
 
 __all__ = ["META_LOSSES", "LaMAML", "LaMAMLConfig", "ReplayMetaConfig", "ReplayMetaLearner", "functional_forward"]
 
@@ -76,10 +76,8 @@ class ReplayMetaConfig(LearnerConfig):
 
 def _reject_unused_lr(cfg, rates: str) -> None:
     """``lr`` (inherited from :class:`LearnerConfig`) means nothing to a learner whose learning rates
-    are ``rates``: a value other than its 0 is an error, not silently ignored."""
-    if cfg.lr != 0.0:
-        raise ValueError(f"lr does nothing in {type(cfg).__name__}: its learning rates are {rates}; "
-                         f"got lr={cfg.lr!r}")
+    are ``rates``: a value other than its default is an error, not silently ignored."""
+    reject_inert(cfg, ["lr"], f"its learning rates are {rates}")
 
 
 def _check_positive(cfg, *names: str) -> None:

@@ -190,7 +190,7 @@ def run_meta_experiment(learners: Sequence[str], *, family: str = "sinusoid", sh
                     fits[name] = _fit_curves(learner, eval_tasks, eval_steps)
             mses = [r["test_mse"] for r in runs]
             results["learners"][name] = {
-                "config": {k: v for k, v in dataclasses.asdict(learner.config).items() if k != "seed"},
+                "config": dataclasses.asdict(learner.config),
                 "runs": runs, "mean": {"test_mse": float(np.mean(mses))}, "std": {"test_mse": float(np.std(mses))},
             }
     finally:
